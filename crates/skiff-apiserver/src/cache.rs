@@ -1,0 +1,415 @@
+//! The watch cache: every stored object, decoded and re-encoded once.
+//!
+//! One store watch over all of `/registry/` feeds a per-type map of current
+//! objects plus a bounded history of recent events. Lists without pagination and
+//! watches are served from here, so N watchers of pods cost one decode per change,
+//! not N. Each object's JSON (with `resourceVersion` filled in) is kept as `Bytes`
+//! and handed to every list response and watcher as is ("encode once").
+//!
+//! Lock order: a type's `state` lock is taken before `revision` is read or written;
+//! the dispatcher holds a type's write lock while it appends to history and
+//! broadcasts, so a subscriber that snapshots history under the read lock and
+//! subscribes before releasing it never misses or repeats an event.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use skiff_api::registry::{self, ResourceType};
+use skiff_store::{EventKind, KeyValue, RangeRequest, Revision, Store, StoreError};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Events kept per type for watches that resume from a recent resourceVersion.
+const HISTORY_PER_TYPE: usize = 4096;
+/// Buffered events per watcher before it is dropped as too slow.
+const WATCHER_BUFFER: usize = 4096;
+/// Keys read per page while filling the cache.
+const FILL_PAGE: usize = 10_000;
+
+/// One object as stored, decoded once.
+#[derive(Debug)]
+pub struct Cached {
+    /// Store key.
+    pub key: String,
+    /// The object with `metadata.resourceVersion` set.
+    pub object: Value,
+    /// `object` serialized.
+    pub json: Bytes,
+    /// The object's resourceVersion (mod revision).
+    pub revision: Revision,
+}
+
+impl Cached {
+    /// Decodes a stored value and stamps its resourceVersion.
+    pub fn from_kv(kv: &KeyValue) -> Result<Cached, serde_json::Error> {
+        Self::decode(kv.key.clone(), &kv.value, kv.mod_revision)
+    }
+
+    /// Decodes `value` and stamps `revision` as its resourceVersion.
+    pub fn decode(key: String, value: &[u8], revision: Revision) -> Result<Cached, serde_json::Error> {
+        let mut object: Value = serde_json::from_slice(value)?;
+        crate::object::set_resource_version(&mut object, revision);
+        let json = Bytes::from(serde_json::to_vec(&object)?);
+        Ok(Cached {
+            key,
+            object,
+            json,
+            revision,
+        })
+    }
+}
+
+/// A change to one object.
+#[derive(Debug)]
+pub struct CacheEvent {
+    /// The revision of the change.
+    pub revision: Revision,
+    /// Put or Delete.
+    pub kind: EventKind,
+    /// The new object, or for a delete the last state stamped with the deletion revision.
+    pub object: Arc<Cached>,
+    /// The object before the change, if it existed.
+    pub prev: Option<Arc<Cached>>,
+}
+
+struct TypeState {
+    objects: BTreeMap<String, Arc<Cached>>,
+    history: VecDeque<Arc<CacheEvent>>,
+    /// Every event after this revision is in `history`.
+    floor: Revision,
+    /// Live events; replaced (closing every receiver) when the cache refills.
+    events: broadcast::Sender<Arc<CacheEvent>>,
+}
+
+struct TypeCache {
+    state: RwLock<TypeState>,
+}
+
+/// Why the cache cannot serve a watch.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The requested revision is older than the cache's history.
+    #[error("revision {requested} is older than the watch cache history ({floor})")]
+    TooOld {
+        /// The revision asked for.
+        requested: Revision,
+        /// The oldest revision the cache can resume from.
+        floor: Revision,
+    },
+    /// The cache did not catch up with the store in time.
+    #[error("timed out waiting for the watch cache to reach revision {0}")]
+    Timeout(Revision),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A live subscription: the backlog to send first, then the receiver.
+pub struct Subscription {
+    /// Events to send before the live ones, in order.
+    pub backlog: Vec<Arc<CacheEvent>>,
+    /// For initial-events watches: the objects present at `revision`.
+    pub snapshot: Vec<Arc<Cached>>,
+    /// The revision the subscription starts after.
+    pub revision: Revision,
+    /// Live events.
+    pub live: broadcast::Receiver<Arc<CacheEvent>>,
+}
+
+/// The watch cache for every type in the registry.
+pub struct WatchCache {
+    store: Arc<dyn Store>,
+    types: HashMap<(String, String), TypeCache>,
+    revision: watch::Sender<Revision>,
+}
+
+/// The store key prefix of a type: `/registry/{group or core}/{plural}/`.
+pub fn type_prefix(rt: &ResourceType) -> String {
+    let group = if rt.group.is_empty() { "core" } else { rt.group };
+    format!("/registry/{group}/{}/", rt.plural)
+}
+
+/// The store key of one object.
+pub fn object_key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if rt.namespaced() => format!("{}{ns}/{name}", type_prefix(rt)),
+        _ => format!("{}{name}", type_prefix(rt)),
+    }
+}
+
+/// `(group, plural)` of a store key.
+fn key_type(key: &str) -> Option<(String, String)> {
+    let rest = key.strip_prefix("/registry/")?;
+    let mut parts = rest.splitn(3, '/');
+    let group = parts.next()?;
+    let plural = parts.next()?;
+    let group = if group == "core" { "" } else { group };
+    Some((group.to_string(), plural.to_string()))
+}
+
+impl WatchCache {
+    /// Fills the cache from the store and starts following it.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<WatchCache>, StoreError> {
+        let types = registry::all()
+            .iter()
+            .map(|rt| {
+                let state = TypeState {
+                    objects: BTreeMap::new(),
+                    history: VecDeque::new(),
+                    floor: 0,
+                    events: broadcast::channel(WATCHER_BUFFER).0,
+                };
+                (
+                    (rt.group.to_string(), rt.plural.to_string()),
+                    TypeCache {
+                        state: RwLock::new(state),
+                    },
+                )
+            })
+            .collect();
+        let (revision, _) = watch::channel(0);
+        let cache = Arc::new(WatchCache {
+            store,
+            types,
+            revision,
+        });
+        let start = cache.fill().await?;
+        let follower = cache.clone();
+        tokio::spawn(async move { follower.follow(start, shutdown).await });
+        Ok(cache)
+    }
+
+    /// Replaces every type's objects with the store's content; returns its revision.
+    async fn fill(&self) -> Result<Revision, StoreError> {
+        let revision = self.store.current_revision().await?;
+        let mut fresh: HashMap<(String, String), BTreeMap<String, Arc<Cached>>> = HashMap::new();
+        let mut request = RangeRequest::prefix("/registry/");
+        request.limit = FILL_PAGE;
+        request.revision = revision;
+        loop {
+            let page = self.store.range(request.clone()).await?;
+            for kv in &page.kvs {
+                let Some(type_key) = key_type(&kv.key) else { continue };
+                match Cached::from_kv(kv) {
+                    Ok(cached) => {
+                        fresh
+                            .entry(type_key)
+                            .or_default()
+                            .insert(kv.key.clone(), Arc::new(cached));
+                    }
+                    Err(e) => tracing::error!(key = %kv.key, error = %e, "undecodable stored object skipped"),
+                }
+            }
+            match (page.more, page.kvs.last()) {
+                (true, Some(last)) => request.keys.start = format!("{}\0", last.key),
+                _ => break,
+            }
+        }
+        for (type_key, cache) in &self.types {
+            let mut state = cache.state.write().unwrap_or_else(|p| p.into_inner());
+            state.objects = fresh.remove(type_key).unwrap_or_default();
+            state.history.clear();
+            state.floor = revision;
+            // Watchers of the old state may have missed changes: end them so
+            // they resume from their last revision and get 410 if it is gone.
+            state.events = broadcast::channel(WATCHER_BUFFER).0;
+        }
+        self.revision.send_replace(revision);
+        Ok(revision)
+    }
+
+    async fn follow(self: Arc<Self>, mut from: Revision, shutdown: CancellationToken) {
+        loop {
+            let stream = match self.store.watch("/registry/", from + 1).await {
+                Ok(stream) => stream,
+                Err(StoreError::Compacted { .. }) => {
+                    match self.fill().await {
+                        Ok(rev) => from = rev,
+                        Err(e) => {
+                            tracing::error!(error = %e, "watch cache refill failed");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "watch cache cannot watch the store");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut stream = std::pin::pin!(stream.take_until(shutdown.cancelled()));
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        from = event.kv.mod_revision;
+                        self.apply(event);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watch cache store watch ended; resuming");
+                        break;
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    fn apply(&self, event: skiff_store::Event) {
+        let revision = event.kv.mod_revision;
+        let Some(cache) = key_type(&event.kv.key).and_then(|t| self.types.get(&t)) else {
+            self.revision.send_replace(revision);
+            return;
+        };
+        let object = match Cached::decode(event.kv.key.clone(), &event.kv.value, revision) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::error!(key = %event.kv.key, error = %e, "undecodable stored object skipped");
+                self.revision.send_replace(revision);
+                return;
+            }
+        };
+        let mut state = cache.state.write().unwrap_or_else(|p| p.into_inner());
+        let prev = match event.kind {
+            EventKind::Put => state.objects.insert(event.kv.key.clone(), object.clone()),
+            EventKind::Delete => state.objects.remove(&event.kv.key),
+        };
+        let change = Arc::new(CacheEvent {
+            revision,
+            kind: event.kind,
+            object,
+            prev,
+        });
+        if state.history.len() == HISTORY_PER_TYPE {
+            if let Some(oldest) = state.history.pop_front() {
+                state.floor = oldest.revision;
+            }
+        }
+        state.history.push_back(change.clone());
+        // No receivers is fine: nobody is watching this type.
+        let _ = state.events.send(change);
+        self.revision.send_replace(revision);
+    }
+
+    fn type_cache(&self, rt: &ResourceType) -> &TypeCache {
+        self.types
+            .get(&(rt.group.to_string(), rt.plural.to_string()))
+            .expect("every registry type has a cache")
+    }
+
+    /// Waits until the cache has seen `revision`.
+    pub async fn wait_for(&self, revision: Revision) -> Result<(), CacheError> {
+        let mut rx = self.revision.subscribe();
+        match tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|r| *r >= revision)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(CacheError::Timeout(revision)),
+        }
+    }
+
+    /// Waits until the cache holds everything the store has acknowledged, so a
+    /// list reflects every write that completed before it began.
+    pub async fn sync(&self) -> Result<(), CacheError> {
+        let current = self.store.current_revision().await?;
+        self.wait_for(current).await
+    }
+
+    /// The objects of a type, optionally in one namespace, and the revision
+    /// they are current at.
+    pub fn list(&self, rt: &ResourceType, namespace: Option<&str>) -> (Vec<Arc<Cached>>, Revision) {
+        let prefix = match namespace {
+            Some(ns) if rt.namespaced() => format!("{}{ns}/", type_prefix(rt)),
+            _ => type_prefix(rt),
+        };
+        let state = self.type_cache(rt).state.read().unwrap_or_else(|p| p.into_inner());
+        let items = state
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, *self.revision.borrow())
+    }
+
+    /// One object by key, from the cache.
+    pub fn get(&self, rt: &ResourceType, key: &str) -> Option<Arc<Cached>> {
+        let state = self.type_cache(rt).state.read().unwrap_or_else(|p| p.into_inner());
+        state.objects.get(key).cloned()
+    }
+
+    /// Subscribes to changes of a type after `from`. With `initial` the
+    /// subscription also carries a snapshot of every object at its revision
+    /// (and `from` is ignored).
+    pub fn subscribe(
+        &self,
+        rt: &ResourceType,
+        from: Revision,
+        initial: bool,
+    ) -> Result<Subscription, CacheError> {
+        let cache = self.type_cache(rt);
+        let state = cache.state.read().unwrap_or_else(|p| p.into_inner());
+        let revision = *self.revision.borrow();
+        if initial {
+            return Ok(Subscription {
+                backlog: Vec::new(),
+                snapshot: state.objects.values().cloned().collect(),
+                revision,
+                live: state.events.subscribe(),
+            });
+        }
+        if from < state.floor {
+            return Err(CacheError::TooOld {
+                requested: from,
+                floor: state.floor,
+            });
+        }
+        let backlog = state
+            .history
+            .iter()
+            .filter(|e| e.revision > from)
+            .cloned()
+            .collect();
+        Ok(Subscription {
+            backlog,
+            snapshot: Vec::new(),
+            revision: from.max(0),
+            live: state.events.subscribe(),
+        })
+    }
+
+    /// The store behind the cache.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The latest revision the cache has applied.
+    pub fn revision(&self) -> Revision {
+        *self.revision.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_back_to_types() {
+        assert_eq!(
+            key_type("/registry/core/pods/default/x"),
+            Some((String::new(), "pods".to_string()))
+        );
+        assert_eq!(
+            key_type("/registry/apps/deployments/ns/d"),
+            Some(("apps".to_string(), "deployments".to_string()))
+        );
+        assert_eq!(key_type("/other/x"), None);
+    }
+}

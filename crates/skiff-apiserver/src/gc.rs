@@ -1,0 +1,209 @@
+//! Garbage collection by owner references, with upstream's three propagation
+//! policies:
+//! - Background: a dependent whose owners are all gone is deleted.
+//! - Foreground: an owner with the `foregroundDeletion` finalizer waits until
+//!   its dependents are deleted, then goes.
+//! - Orphan: an owner with the `orphan` finalizer first strips its reference
+//!   from every dependent, then goes.
+//!
+//! It runs in the API server process over the watch cache and writes through
+//! the REST layer, like the namespace drainer, until the controller manager
+//! (a later issue) takes it over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_api::registry::{self, ResourceType};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cached;
+use crate::error::ApiResult;
+use crate::object;
+use crate::rest::{DeleteOptions, Mutation, ObjectRef, Rest};
+
+/// How often owner references are re-examined.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+const FOREGROUND: &str = "foregroundDeletion";
+const ORPHAN: &str = "orphan";
+
+/// An object found in the cache.
+#[derive(Clone)]
+struct Node {
+    rt: &'static ResourceType,
+    namespace: String,
+    name: String,
+    cached: Arc<Cached>,
+}
+
+impl Node {
+    fn at(&self) -> ObjectRef<'_> {
+        ObjectRef {
+            rt: self.rt,
+            namespace: Some(self.namespace.as_str()).filter(|n| !n.is_empty()),
+            name: &self.name,
+        }
+    }
+}
+
+/// Runs the collector until `shutdown`.
+pub async fn run(rest: Arc<Rest>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(SCAN_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = scan(&rest).await {
+            tracing::warn!(error = %e, "garbage collection pass incomplete");
+        }
+    }
+}
+
+fn owner_uids(obj: &Value) -> Vec<&str> {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .map(|refs| refs.iter().filter_map(|r| r["uid"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+async fn scan(rest: &Rest) -> ApiResult<()> {
+    let mut by_uid: HashMap<String, Node> = HashMap::new();
+    let mut dependents: HashMap<String, Vec<Node>> = HashMap::new();
+    let mut owned = Vec::new();
+    for rt in registry::all() {
+        let (items, _) = rest.cache.list(rt, None);
+        for item in items {
+            let node = Node {
+                rt,
+                namespace: object::namespace(&item.object).to_string(),
+                name: object::name(&item.object).to_string(),
+                cached: item.clone(),
+            };
+            for owner in owner_uids(&item.object) {
+                dependents.entry(owner.to_string()).or_default().push(node.clone());
+            }
+            if !owner_uids(&item.object).is_empty() {
+                owned.push(node.clone());
+            }
+            by_uid.insert(object::uid(&item.object).to_string(), node);
+        }
+    }
+    for node in by_uid.values().filter(|n| object::is_deleting(&n.cached.object)) {
+        let finalizers = object::finalizers(&node.cached.object);
+        let uid = object::uid(&node.cached.object);
+        let deps = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
+        if finalizers.iter().any(|f| f == ORPHAN) {
+            for dep in deps {
+                strip_owner(rest, dep, uid).await?;
+            }
+            remove_finalizer(rest, node, ORPHAN).await?;
+        } else if finalizers.iter().any(|f| f == FOREGROUND) {
+            if deps.is_empty() {
+                remove_finalizer(rest, node, FOREGROUND).await?;
+            }
+            let options = DeleteOptions {
+                propagation_policy: Some("Foreground".into()),
+                ..DeleteOptions::default()
+            };
+            for dep in deps.iter().filter(|d| !object::is_deleting(&d.cached.object)) {
+                ignore_not_found(rest.delete(dep.at(), &options, false).await)?;
+            }
+        }
+    }
+    for node in owned.iter().filter(|n| !object::is_deleting(&n.cached.object)) {
+        let owners = owner_uids(&node.cached.object);
+        if owners.iter().any(|uid| by_uid.contains_key(*uid)) {
+            continue;
+        }
+        if !owners_really_gone(rest, node).await? {
+            continue;
+        }
+        let options = DeleteOptions {
+            propagation_policy: Some("Background".into()),
+            ..DeleteOptions::default()
+        };
+        ignore_not_found(rest.delete(node.at(), &options, false).await)?;
+    }
+    Ok(())
+}
+
+/// The cache may lag a just-created owner: confirm absence against the store
+/// before deleting anything.
+async fn owners_really_gone(rest: &Rest, node: &Node) -> ApiResult<bool> {
+    let refs = node.cached.object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+    for owner in refs {
+        let api_version = owner["apiVersion"].as_str().unwrap_or_default();
+        let (group, _) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let Some(rt) = registry::by_kind(group, owner["kind"].as_str().unwrap_or_default()) else {
+            continue;
+        };
+        let name = owner["name"].as_str().unwrap_or_default();
+        let at = ObjectRef {
+            rt,
+            namespace: Some(node.namespace.as_str()).filter(|_| rt.namespaced()),
+            name,
+        };
+        match rest.get(at).await {
+            Ok(found) if object::uid(&found.object) == owner["uid"].as_str().unwrap_or_default() => {
+                return Ok(false);
+            }
+            Ok(_) => {}
+            Err(e) if e.reason == "NotFound" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+async fn strip_owner(rest: &Rest, dep: &Node, owner_uid: &str) -> ApiResult<()> {
+    let result = rest
+        .guaranteed_update(dep.at(), |current| {
+            let mut new = current.clone();
+            object::meta_mut(&mut new).remove("resourceVersion");
+            let refs = object::meta_mut(&mut new)
+                .get_mut("ownerReferences")
+                .and_then(Value::as_array_mut);
+            let Some(refs) = refs else {
+                return Ok(Mutation::Unchanged);
+            };
+            let before = refs.len();
+            refs.retain(|r| r["uid"].as_str() != Some(owner_uid));
+            if refs.len() == before {
+                return Ok(Mutation::Unchanged);
+            }
+            if refs.is_empty() {
+                object::meta_mut(&mut new).remove("ownerReferences");
+            }
+            Ok(Mutation::Write(new))
+        })
+        .await;
+    ignore_not_found(result)
+}
+
+async fn remove_finalizer(rest: &Rest, node: &Node, finalizer: &str) -> ApiResult<()> {
+    let result = rest
+        .guaranteed_update(node.at(), |current| {
+            let finalizers = object::finalizers(current);
+            if !finalizers.iter().any(|f| f == finalizer) {
+                return Ok(Mutation::Unchanged);
+            }
+            let kept: Vec<String> = finalizers.into_iter().filter(|f| f != finalizer).collect();
+            let mut new = current.clone();
+            object::meta_mut(&mut new).remove("resourceVersion");
+            object::set_finalizers(&mut new, &kept);
+            Ok(Mutation::Write(new))
+        })
+        .await;
+    ignore_not_found(result)
+}
+
+fn ignore_not_found<T>(result: ApiResult<T>) -> ApiResult<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "NotFound" => Ok(()),
+        Err(e) => Err(e),
+    }
+}

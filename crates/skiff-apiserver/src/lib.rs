@@ -1,0 +1,309 @@
+//! The Kubernetes REST API served over a [`skiff_store::Store`].
+//!
+//! [`app`] builds the HTTP router (discovery, OpenAPI, health, and one generic
+//! resource endpoint); [`run`] serves it over TLS with HTTP/1.1 and HTTP/2
+//! (kubectl uses HTTP/2 for requests and HTTP/1.1 for upgrades).
+
+pub mod auth;
+pub mod body;
+pub mod bootstrap;
+pub mod cache;
+pub mod discovery;
+pub mod error;
+pub mod gc;
+mod handlers;
+pub mod list;
+pub mod namespaces;
+pub mod object;
+pub mod openapi;
+pub mod request;
+pub mod rest;
+pub mod services;
+pub mod strategy;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use serde_json::json;
+use skiff_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::WatchCache;
+use crate::error::ApiError;
+use crate::rest::Rest;
+
+/// How long open connections get to finish after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What [`run`] needs.
+pub struct ServerOptions {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// TLS settings (certificates, client-certificate verification, ALPN).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The address other nodes and pods reach this server at (the
+    /// `kubernetes` service's endpoint).
+    pub advertise: SocketAddr,
+    /// Bearer tokens accepted besides client certificates.
+    pub bearer_tokens: Vec<String>,
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store failed while starting.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Listening failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bootstrapping the built-in objects failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] ApiError),
+}
+
+/// Starts the API machinery over `store`: the watch cache and the built-in
+/// namespaces. Returns the REST layer, ready to serve.
+pub async fn start(
+    store: Arc<dyn Store>,
+    advertise: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<Arc<Rest>, ServeError> {
+    let cache = WatchCache::start(store, shutdown.clone()).await?;
+    let rest = Arc::new(Rest::new(cache, advertise));
+    namespaces::ensure_built_in(&rest).await?;
+    bootstrap::ensure_api_service(&rest, advertise).await?;
+    tokio::spawn(namespaces::run_drainer(rest.clone(), shutdown.clone()));
+    tokio::spawn(gc::run(rest.clone(), shutdown));
+    Ok(rest)
+}
+
+/// Serves the API over TLS until `shutdown` is cancelled.
+pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let rest = start(options.store, options.advertise, shutdown.clone()).await?;
+    let router = app(rest).layer(axum::middleware::from_fn_with_state(
+        auth::Tokens(Arc::new(options.bearer_tokens)),
+        auth::authenticate,
+    ));
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: options.listen, source })?;
+    tracing::info!(address = %options.listen, "API server listening");
+    let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let tls = match acceptor.accept(stream).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let identity = auth::PeerIdentity {
+                verified_certificate: tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()),
+            };
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(identity);
+                tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+                }
+            }
+        });
+    }
+    connections.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+    Ok(())
+}
+
+/// The HTTP router of the API server.
+pub fn app(rest: Arc<Rest>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(health))
+        .route("/api", get(core_discovery))
+        .route("/apis", get(groups_discovery))
+        .route("/api/v1", get(|| async { resource_list("", "v1") }))
+        .route("/apis/{group}", get(group_discovery))
+        .route("/apis/{group}/{version}", get(group_version_discovery))
+        .route("/openapi/v2", get(openapi_v2))
+        .route("/openapi/v3", get(openapi_v3_index))
+        .route("/openapi/v3/{*path}", get(openapi_v3))
+        .fallback(resources)
+        .with_state(rest)
+}
+
+async fn resources(State(rest): State<Arc<Rest>>, request: Request) -> Response {
+    fn assert_send<T: Send>(t: T) -> T { t }
+    assert_send(handlers::serve(rest, request)).await
+}
+
+fn json_bytes(body: Bytes, content_type: &'static str) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body)
+        .into_response()
+}
+
+fn json_value(value: &serde_json::Value) -> Response {
+    json_bytes(Bytes::from(value.to_string()), "application/json")
+}
+
+async fn version() -> Response {
+    json_value(&json!({
+        "major": "1",
+        "minor": "37",
+        "emulationMajor": "1",
+        "emulationMinor": "37",
+        "gitVersion": concat!("v1.37.0+skiff-", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, go_arch()),
+    }))
+}
+
+/// The architecture as Go names it, which is what clients print.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+async fn health(State(rest): State<Arc<Rest>>) -> Response {
+    match rest.cache.sync().await {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}")).into_response(),
+    }
+}
+
+/// True if the client asked for aggregated discovery (`as=APIGroupDiscoveryList`).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept.split(',').any(|range| {
+                range.contains("as=APIGroupDiscoveryList") && range.contains("v=v2") && !range.contains("v=v2beta1")
+            })
+        })
+}
+
+async fn core_discovery(State(rest): State<Arc<Rest>>, headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        json_bytes(discovery::aggregated_core(), discovery::AGGREGATED_CONTENT_TYPE)
+    } else {
+        json_value(&discovery::core_versions(&rest.advertise().to_string()))
+    }
+}
+
+async fn groups_discovery(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        json_bytes(discovery::aggregated_groups(), discovery::AGGREGATED_CONTENT_TYPE)
+    } else {
+        json_bytes(discovery::group_list(), "application/json")
+    }
+}
+
+async fn group_discovery(Path(group): Path<String>) -> Response {
+    match discovery::group(&group) {
+        Some(doc) => json_bytes(doc, "application/json"),
+        None => ApiError::no_route(&format!("/apis/{group}")).into_response(),
+    }
+}
+
+async fn group_version_discovery(Path((group, version)): Path<(String, String)>) -> Response {
+    resource_list(&group, &version)
+}
+
+fn resource_list(group: &str, version: &str) -> Response {
+    match discovery::resource_list(group, version) {
+        Some(doc) => json_bytes(doc, "application/json"),
+        None => ApiError::no_route(&format!("/apis/{group}/{version}")).into_response(),
+    }
+}
+
+/// `/openapi/v2` is JSON only: client-go asks for protobuf first and falls
+/// back to JSON on 406.
+async fn openapi_v2(headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let json_ok = accept.is_empty()
+        || accept.split(',').any(|r| {
+            let media = r.split(';').next().unwrap_or_default().trim();
+            matches!(media, "application/json" | "*/*" | "application/*")
+        });
+    if !json_ok {
+        return ApiError::not_acceptable("only application/json is served for /openapi/v2").into_response();
+    }
+    json_bytes(openapi::v2().json(), "application/json")
+}
+
+async fn openapi_v3_index() -> Response {
+    json_bytes(openapi::v3_index(), "application/json")
+}
+
+async fn openapi_v3(Path(path): Path<String>, request: Request) -> Response {
+    let Some(doc) = openapi::v3_group_version(&path) else {
+        return ApiError::no_route(&format!("/openapi/v3/{path}")).into_response();
+    };
+    let pinned = request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("hash=")))
+        .is_some_and(|hash| hash == doc.hash());
+    let mut response = json_bytes(doc.json(), "application/json");
+    if pinned {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+    }
+    response
+}

@@ -1,0 +1,715 @@
+//! The generic REST store: one implementation of create, get, update, patch and
+//! delete for every resource type, driven by its registry row.
+//!
+//! Reads of single objects go to the store (always current); lists and watches
+//! come from the [`WatchCache`]. Every write is a compare-and-swap on the
+//! object's revision; writes without a client precondition retry on conflict,
+//! as upstream's GuaranteedUpdate does.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use skiff_api::managed_fields::{BuiltinSchema, FieldManager, PathElement};
+use skiff_api::registry::{self, FieldError, ResourceType};
+use skiff_store::{KeyValue, Store, StoreError};
+
+use crate::cache::{Cached, WatchCache, object_key};
+use crate::error::{ApiError, ApiResult};
+use crate::object;
+use crate::request::FieldValidation;
+use crate::services;
+use crate::strategy;
+
+/// How many times a write without a client precondition retries on conflict.
+const MAX_RETRIES: usize = 16;
+
+/// Per-request write settings and the warnings to send back.
+#[derive(Debug)]
+pub struct WriteContext {
+    /// `dryRun=All`: run everything but the store write.
+    pub dry_run: bool,
+    /// `fieldManager`, or one derived from the User-Agent.
+    pub field_manager: String,
+    /// `fieldValidation`.
+    pub field_validation: FieldValidation,
+    /// `Warning` headers to return.
+    pub warnings: Vec<String>,
+    /// Server-side apply already recorded the field managers.
+    pub applied: bool,
+}
+
+impl WriteContext {
+    /// A context for writes the server makes itself.
+    pub fn internal(manager: &str) -> Self {
+        WriteContext {
+            dry_run: false,
+            field_manager: manager.to_string(),
+            field_validation: FieldValidation::Ignore,
+            warnings: Vec::new(),
+            applied: false,
+        }
+    }
+}
+
+/// `DeleteOptions`, from the body or the query.
+#[derive(Debug, Default, Clone)]
+pub struct DeleteOptions {
+    /// Seconds before a pod is killed; 0 deletes at once.
+    pub grace_period_seconds: Option<i64>,
+    /// `Orphan`, `Background` or `Foreground`.
+    pub propagation_policy: Option<String>,
+    /// Required uid, if any.
+    pub precondition_uid: Option<String>,
+    /// Required resourceVersion, if any.
+    pub precondition_rv: Option<String>,
+}
+
+/// Where an object lives: its type, namespace and name.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRef<'a> {
+    /// The type.
+    pub rt: &'static ResourceType,
+    /// Namespace for namespaced types.
+    pub namespace: Option<&'a str>,
+    /// Name.
+    pub name: &'a str,
+}
+
+impl ObjectRef<'_> {
+    fn key(&self) -> String {
+        object_key(self.rt, self.namespace, self.name)
+    }
+}
+
+/// What a mutation decided.
+pub enum Mutation {
+    /// Write this object.
+    Write(Value),
+    /// Nothing changed; answer with the current object.
+    Unchanged,
+    /// A dry run: answer with this object without writing it.
+    DryRun(Value),
+}
+
+/// The generic REST store.
+pub struct Rest {
+    /// The watch cache (lists, watches).
+    pub cache: Arc<WatchCache>,
+    store: Arc<dyn Store>,
+    /// Held from service address allocation until the service is stored.
+    allocation: tokio::sync::Mutex<()>,
+    /// Where clients reach this server.
+    advertise: std::net::SocketAddr,
+}
+
+impl Rest {
+    /// A REST store over `cache` and its store.
+    pub fn new(cache: Arc<WatchCache>, advertise: std::net::SocketAddr) -> Self {
+        let store = cache.store().clone();
+        Rest {
+            cache,
+            store,
+            allocation: tokio::sync::Mutex::new(()),
+            advertise,
+        }
+    }
+
+    /// The current object.
+    pub async fn get(&self, target: ObjectRef<'_>) -> ApiResult<Arc<Cached>> {
+        let kv = self
+            .store
+            .get(&target.key())
+            .await
+            .map_err(|e| ApiError::from_store(target.rt, target.name, e))?
+            .ok_or_else(|| ApiError::not_found(target.rt, target.name))?;
+        decode(target.rt, &kv)
+    }
+
+    /// Creates an object from a request body.
+    pub async fn create(
+        &self,
+        rt: &'static ResourceType,
+        namespace: Option<&str>,
+        body: Value,
+        ctx: &mut WriteContext,
+    ) -> ApiResult<Value> {
+        let mut obj = check_type(rt, body)?;
+        if rt.namespaced() {
+            let ns = namespace.ok_or_else(|| {
+                ApiError::bad_request("the namespace of the object must be given in the URL")
+            })?;
+            match object::namespace(&obj) {
+                "" => {
+                    object::meta_mut(&mut obj).insert("namespace".into(), json!(ns));
+                }
+                other if other != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => {}
+            }
+        } else {
+            object::meta_mut(&mut obj).remove("namespace");
+        }
+        assign_name(rt, &mut obj)?;
+        let name = object::name(&obj).to_string();
+        if let Some(ns) = namespace.filter(|_| rt.namespaced()) {
+            self.check_namespace_open(rt, ns, &name).await?;
+        }
+        let mut obj = normalize(rt, obj, ctx)?;
+        strategy::prepare_create(rt, &mut obj);
+        skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut obj);
+        skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
+        if rt.group == "batch" && rt.kind == "Job" {
+            skiff_api::defaults::generate_job_selector(&mut obj);
+        }
+        reject_invalid(rt, &name, skiff_api::validation::validate(rt.group, rt.kind, &obj, None))?;
+        {
+            let meta = object::meta_mut(&mut obj);
+            meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            meta.insert(
+                "creationTimestamp".into(),
+                json!(object::format_time(jiff::Timestamp::now())),
+            );
+            meta.remove("resourceVersion");
+            meta.remove("deletionTimestamp");
+            meta.remove("deletionGracePeriodSeconds");
+            meta.remove("selfLink");
+        }
+        self.record_manager(rt, None, &mut obj, ctx, None);
+        let target = ObjectRef {
+            rt,
+            namespace: namespace.filter(|_| rt.namespaced()),
+            name: &name,
+        };
+        let _allocation = if services::is_service(rt) {
+            let guard = self.allocation.lock().await;
+            // The cache must hold every stored service before choosing.
+            self.cache.sync().await.map_err(|e| ApiError::timeout(e.to_string()))?;
+            services::allocate(&self.cache, rt, &mut obj)?;
+            Some(guard)
+        } else {
+            None
+        };
+        if ctx.dry_run {
+            return Ok(obj);
+        }
+        let bytes = encode(&obj)?;
+        let revision = self
+            .store
+            .create(&target.key(), bytes)
+            .await
+            .map_err(|e| ApiError::from_store(rt, &name, e))?;
+        object::set_resource_version(&mut obj, revision);
+        Ok(obj)
+    }
+
+    /// Reads, mutates and writes one object with compare-and-swap, retrying on
+    /// conflict unless `mutate` pinned a resourceVersion (then 409).
+    /// `mutate` sees the current object and returns the new one; the new
+    /// object's `metadata.resourceVersion`, if set, is the client's precondition.
+    pub async fn guaranteed_update<F>(
+        &self,
+        target: ObjectRef<'_>,
+        mut mutate: F,
+    ) -> ApiResult<Value>
+    where
+        F: FnMut(&Value) -> ApiResult<Mutation>,
+    {
+        let key = target.key();
+        for _ in 0..MAX_RETRIES {
+            let current = self.get(target).await?;
+            let (mut new, dry_run) = match mutate(&current.object)? {
+                Mutation::Unchanged => return Ok(current.object.clone()),
+                Mutation::Write(new) => (new, false),
+                Mutation::DryRun(new) => (new, true),
+            };
+            let precondition = object::resource_version(&new).to_string();
+            if !precondition.is_empty() && precondition != current.revision.to_string() {
+                return Err(ApiError::conflict(
+                    target.rt,
+                    target.name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            if dry_run {
+                object::set_resource_version(&mut new, current.revision);
+                return Ok(new);
+            }
+            object::meta_mut(&mut new).remove("resourceVersion");
+            let result = if strategy::ready_to_remove(target.rt, &new) {
+                self.store
+                    .delete(&key, Some(current.revision))
+                    .await
+                    .map(|(rev, _)| rev)
+            } else {
+                self.store.update(&key, encode(&new)?, current.revision).await
+            };
+            match result {
+                Ok(revision) => {
+                    object::set_resource_version(&mut new, revision);
+                    return Ok(new);
+                }
+                Err(StoreError::Conflict { .. }) if precondition.is_empty() => continue,
+                Err(e) => return Err(ApiError::from_store(target.rt, target.name, e)),
+            }
+        }
+        Err(ApiError::conflict(
+            target.rt,
+            target.name,
+            "too many concurrent writers; please retry",
+        ))
+    }
+
+    /// Runs the update admission chain on a proposed new object: type and name
+    /// checks, normalization, strategy, defaults, validation and field managers.
+    /// Returns `Unchanged` when the result equals `old`.
+    pub fn admit_update(
+        &self,
+        target: ObjectRef<'_>,
+        subresource: Option<&str>,
+        old: &Value,
+        new: Value,
+        ctx: &mut WriteContext,
+    ) -> ApiResult<Mutation> {
+        let rt = target.rt;
+        let new = check_type(rt, new)?;
+        let precondition = object::resource_version(&new);
+        if !precondition.is_empty() && precondition != object::resource_version(old) {
+            return Err(ApiError::conflict(
+                rt,
+                target.name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let body_name = object::name(&new);
+        if !body_name.is_empty() && body_name != target.name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({})",
+                target.name
+            )));
+        }
+        let body_ns = object::namespace(&new);
+        if rt.namespaced() && !body_ns.is_empty() && Some(body_ns) != target.namespace {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let mut new = normalize(rt, new, ctx)?;
+        {
+            let meta = object::meta_mut(&mut new);
+            meta.insert("name".into(), json!(target.name));
+            match target.namespace.filter(|_| rt.namespaced()) {
+                Some(ns) => meta.insert("namespace".into(), json!(ns)),
+                None => meta.remove("namespace"),
+            };
+        }
+        strategy::prepare_update(rt, subresource, &mut new, old);
+        if services::is_service(rt) {
+            services::keep_allocations(&mut new, old);
+        }
+        skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut new);
+        reject_invalid(
+            rt,
+            target.name,
+            skiff_api::validation::validate(rt.group, rt.kind, &new, Some(old)),
+        )?;
+        self.record_manager(rt, Some(old), &mut new, ctx, subresource);
+        if same_object(&new, old) {
+            return Ok(Mutation::Unchanged);
+        }
+        if object::is_deleting(old) {
+            let added: Vec<String> = object::finalizers(&new)
+                .into_iter()
+                .filter(|f| !object::finalizers(old).contains(f))
+                .collect();
+            if !added.is_empty() {
+                return Err(ApiError::forbidden(
+                    rt,
+                    target.name,
+                    &format!("no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"),
+                ));
+            }
+        }
+        Ok(Mutation::Write(new))
+    }
+
+    fn record_manager(
+        &self,
+        rt: &ResourceType,
+        old: Option<&Value>,
+        new: &mut Value,
+        ctx: &WriteContext,
+        subresource: Option<&str>,
+    ) {
+        if ctx.applied {
+            return;
+        }
+        let schema = BuiltinSchema { group: rt.group, kind: rt.kind };
+        let api_version = rt.api_version();
+        let manager = field_manager(&schema, rt, &api_version, &ctx.field_manager, subresource);
+        if let Err(e) = manager.record_update(old, new) {
+            // Upstream proceeds without managedFields rather than failing the write.
+            tracing::warn!(kind = rt.kind, error = %e, "managedFields not recorded");
+        }
+    }
+
+    /// Refuses writes into a namespace that is missing or terminating.
+    pub async fn check_namespace_open(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<()> {
+        let ns_rt = registry::by_plural("", "v1", "namespaces").expect("namespaces are served");
+        let kv = self
+            .store
+            .get(&object_key(ns_rt, None, ns))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let Some(kv) = kv else {
+            return Err(ApiError::not_found(ns_rt, ns));
+        };
+        let namespace: Value = serde_json::from_slice(&kv.value)
+            .map_err(|e| ApiError::internal(format!("stored namespace {ns} is corrupt: {e}")))?;
+        if object::is_deleting(&namespace) {
+            return Err(ApiError::forbidden(
+                rt,
+                name,
+                &format!("unable to create new content in namespace {ns} because it is being terminated"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes an object, honouring finalizers, preconditions and (for pods)
+    /// graceful deletion. Returns the object as deleted or as now terminating.
+    pub async fn delete(
+        &self,
+        target: ObjectRef<'_>,
+        options: &DeleteOptions,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
+        let key = target.key();
+        let rt = target.rt;
+        for _ in 0..MAX_RETRIES {
+            let current = self.get(target).await?;
+            let obj = &current.object;
+            if let Some(uid) = &options.precondition_uid {
+                if uid != object::uid(obj) {
+                    return Err(ApiError::conflict(
+                        rt,
+                        target.name,
+                        &format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            object::uid(obj)
+                        ),
+                    ));
+                }
+            }
+            if let Some(rv) = &options.precondition_rv {
+                if *rv != current.revision.to_string() {
+                    return Err(ApiError::conflict(
+                        rt,
+                        target.name,
+                        &format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            current.revision
+                        ),
+                    ));
+                }
+            }
+            let grace = graceful_seconds(rt, obj, options);
+            let mut finalizers = object::finalizers(obj);
+            match options.propagation_policy.as_deref() {
+                Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                    finalizers.push("foregroundDeletion".into())
+                }
+                Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                    finalizers.push("orphan".into())
+                }
+                _ => {}
+            }
+            if finalizers.is_empty() && grace == 0 {
+                if dry_run {
+                    return Ok(obj.clone());
+                }
+                match self.store.delete(&key, Some(current.revision)).await {
+                    Ok((revision, _)) => {
+                        let mut gone = obj.clone();
+                        object::set_resource_version(&mut gone, revision);
+                        return Ok(gone);
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::from_store(rt, target.name, e)),
+                }
+            }
+            if object::is_deleting(obj) && finalizers == object::finalizers(obj) {
+                return Ok(obj.clone());
+            }
+            let mut marked = obj.clone();
+            let now = jiff::Timestamp::now();
+            let deadline = now + jiff::SignedDuration::from_secs(grace);
+            object::set_finalizers(&mut marked, &finalizers);
+            {
+                let meta = object::meta_mut(&mut marked);
+                if !meta.contains_key("deletionTimestamp") {
+                    meta.insert("deletionTimestamp".into(), json!(object::format_time(deadline)));
+                }
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                meta.remove("resourceVersion");
+            }
+            if dry_run {
+                return Ok(marked);
+            }
+            match self.store.update(&key, encode(&marked)?, current.revision).await {
+                Ok(revision) => {
+                    object::set_resource_version(&mut marked, revision);
+                    return Ok(marked);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_store(rt, target.name, e)),
+            }
+        }
+        Err(ApiError::conflict(rt, target.name, "too many concurrent writers; please retry"))
+    }
+
+    /// The address clients reach this server at.
+    pub fn advertise(&self) -> std::net::SocketAddr {
+        self.advertise
+    }
+
+    /// The store behind this REST layer.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+/// A field manager for a write through `subresource`, ignoring the fields
+/// that write cannot change (upstream's strategy reset fields).
+pub fn field_manager<'a>(
+    schema: &'a BuiltinSchema<'a>,
+    rt: &'a ResourceType,
+    api_version: &'a str,
+    manager: &'a str,
+    subresource: Option<&'a str>,
+) -> FieldManager<'a> {
+    let mut fm = FieldManager::new(
+        schema,
+        api_version,
+        rt.kind,
+        manager,
+        subresource.unwrap_or_default(),
+        jiff::Timestamp::now(),
+    );
+    let reset: &[&str] = match subresource {
+        Some("status") => &["spec", "metadata"],
+        None if rt.has_status => &["status"],
+        _ => &[],
+    };
+    for field in reset {
+        fm.ignored.insert(&[PathElement::Field((*field).to_string())]);
+    }
+    fm
+}
+
+/// Seconds of grace for deleting `obj`: only pods bound to a node get any.
+fn graceful_seconds(rt: &ResourceType, obj: &Value, options: &DeleteOptions) -> i64 {
+    if rt.group != "" || rt.kind != "Pod" {
+        return 0;
+    }
+    let bound = obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    let finished = matches!(obj["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    if !bound || finished {
+        return 0;
+    }
+    options
+        .grace_period_seconds
+        .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0)
+}
+
+/// Decodes a stored object.
+pub fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Arc<Cached>> {
+    Cached::from_kv(kv)
+        .map(Arc::new)
+        .map_err(|e| ApiError::internal(format!("stored {} {} is corrupt: {e}", rt.kind, kv.key)))
+}
+
+/// Serializes an object for the store, without its resourceVersion.
+fn encode(obj: &Value) -> ApiResult<bytes::Bytes> {
+    let mut obj = obj.clone();
+    object::meta_mut(&mut obj).remove("resourceVersion");
+    serde_json::to_vec(&obj)
+        .map(bytes::Bytes::from)
+        .map_err(|e| ApiError::internal(format!("cannot encode object: {e}")))
+}
+
+/// Checks `apiVersion`/`kind` against the type and fills them in when absent.
+pub fn check_type(rt: &ResourceType, mut obj: Value) -> ApiResult<Value> {
+    let api_version = rt.api_version();
+    let Some(root) = obj.as_object_mut() else {
+        return Err(ApiError::bad_request("the request body must be an object"));
+    };
+    match root.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            root.insert("apiVersion".into(), json!(api_version));
+        }
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+    }
+    match root.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            root.insert("kind".into(), json!(rt.kind));
+        }
+        Some(k) if k == rt.kind => {}
+        Some(k) => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                rt.kind
+            )));
+        }
+    }
+    Ok(obj)
+}
+
+/// Characters upstream uses for generated name suffixes (no vowels, no
+/// look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// Resolves `generateName` into a name; requires one or the other.
+fn assign_name(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
+    if !object::name(obj).is_empty() {
+        return Ok(());
+    }
+    let prefix = object::meta_str(obj, "generateName").to_string();
+    if prefix.is_empty() {
+        return Err(ApiError::invalid(
+            rt,
+            "",
+            &[FieldError {
+                reason: "FieldValueRequired",
+                field: "metadata.name".into(),
+                message: "Required value: name or generateName is required".into(),
+            }],
+        ));
+    }
+    let random = uuid::Uuid::new_v4();
+    let suffix: String = random
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| NAME_ALPHABET[usize::from(*b) % NAME_ALPHABET.len()] as char)
+        .collect();
+    // Upstream trims the prefix so that prefix + suffix stays within 63 chars.
+    let max_prefix = 63 - suffix.len();
+    let prefix: String = prefix.chars().take(max_prefix).collect();
+    object::meta_mut(obj).insert("name".into(), json!(format!("{prefix}{suffix}")));
+    Ok(())
+}
+
+/// Round-trips the object through its typed codec: type errors become 400,
+/// unknown fields are refused, warned about or dropped per `fieldValidation`.
+fn normalize(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult<Value> {
+    let normalized = (rt.codec)(obj.clone()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            rt.kind,
+            rt.version,
+            rt.kind
+        ))
+    })?;
+    let mut unknown = Vec::new();
+    unknown_fields(&obj, &normalized, "", &mut unknown);
+    if !unknown.is_empty() {
+        match ctx.field_validation {
+            FieldValidation::Strict => {
+                let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                let message = format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                    rt.kind,
+                    rt.version,
+                    rt.kind,
+                    list.join(", ")
+                );
+                return Err(ApiError::bad_request(message));
+            }
+            FieldValidation::Warn => {
+                ctx.warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+            }
+            FieldValidation::Ignore => {}
+        }
+    }
+    Ok(normalized)
+}
+
+/// Paths present (and non-null) in `input` but absent from `normalized`.
+fn unknown_fields(input: &Value, normalized: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, normalized) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match b.get(key) {
+                    None if !value.is_null() => out.push(child),
+                    None => {}
+                    Some(nv) => unknown_fields(value, nv, &child, out),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (value, nv)) in a.iter().zip(b).enumerate() {
+                unknown_fields(value, nv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn reject_invalid(rt: &ResourceType, name: &str, errors: Vec<FieldError>) -> ApiResult<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(rt, name, &errors))
+    }
+}
+
+/// Equal apart from resourceVersion and managed-field timestamps.
+fn same_object(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        let meta = object::meta_mut(&mut v);
+        meta.remove("resourceVersion");
+        if let Some(Value::Array(entries)) = meta.get_mut("managedFields") {
+            for entry in entries {
+                if let Some(e) = entry.as_object_mut() {
+                    e.remove("time");
+                }
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_found_by_path() {
+        let input = json!({"spec": {"replicas": 1, "bogus": true, "template": {"x": null},
+            "containers": [{"name": "a", "nope": 1}]}});
+        let normalized = json!({"spec": {"replicas": 1, "template": {}, "containers": [{"name": "a"}]}});
+        let mut out = Vec::new();
+        unknown_fields(&input, &normalized, "", &mut out);
+        assert_eq!(out, vec!["spec.bogus", "spec.containers[0].nope"]);
+    }
+
+    #[test]
+    fn equality_ignores_resource_version_and_times() {
+        let a = json!({"metadata": {"resourceVersion": "1", "managedFields": [{"manager": "m", "time": "t1"}]}});
+        let b = json!({"metadata": {"resourceVersion": "2", "managedFields": [{"manager": "m", "time": "t2"}]}});
+        assert!(same_object(&a, &b));
+    }
+}

@@ -1,0 +1,276 @@
+//! Per-kind behaviour on create and update that is not defaulting or validation:
+//! what a fresh object's status looks like, what a status write may touch, and
+//! how the `scale` subresource maps onto the object.
+
+use serde_json::{Map, Value, json};
+use skiff_api::registry::ResourceType;
+
+use crate::error::{ApiError, ApiResult};
+use crate::object;
+
+/// Resets fields a client may not set on create, as upstream's PrepareForCreate.
+pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
+    let root = match obj.as_object_mut() {
+        Some(root) => root,
+        None => return,
+    };
+    match (rt.group, rt.kind) {
+        // Nodes and namespaces report status from the start; upstream keeps it.
+        ("", "Node") => {}
+        ("", "Namespace") => {
+            root.insert("status".into(), json!({"phase": "Active"}));
+        }
+        ("", "Pod") => {
+            let qos = qos_class(&Value::Object(root.clone()));
+            root.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+        }
+        ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => {
+            root.insert("status".into(), json!({"phase": "Pending"}));
+        }
+        ("", "Service") => {
+            root.insert("status".into(), json!({"loadBalancer": {}}));
+        }
+        _ if rt.has_status => {
+            root.insert("status".into(), Value::Object(Map::new()));
+        }
+        _ => {}
+    }
+    if rt.has_status && root.contains_key("spec") && rt.kind != "Namespace" && rt.kind != "Node" {
+        object::meta_mut(obj).insert("generation".into(), json!(1));
+    }
+}
+
+/// Carries over from `old` what a write through `subresource` may not change.
+/// A main-resource write keeps the old status; a status write keeps everything
+/// but status (metadata included, as upstream's ResetObjectMetaForStatus).
+pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Value, old: &Value) {
+    let keep_meta = [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "selfLink",
+    ];
+    let old_meta = object::meta(old).cloned().unwrap_or_default();
+    if subresource == Some("status") {
+        let status = new.get("status").cloned();
+        let managed = object::meta(new).and_then(|m| m.get("managedFields")).cloned();
+        let rv = object::meta(new).and_then(|m| m.get("resourceVersion")).cloned();
+        *new = old.clone();
+        match status {
+            Some(status) => new["status"] = status,
+            None => {
+                if let Some(root) = new.as_object_mut() {
+                    root.remove("status");
+                }
+            }
+        }
+        let meta = object::meta_mut(new);
+        match managed {
+            Some(m) => meta.insert("managedFields".into(), m),
+            None => meta.remove("managedFields"),
+        };
+        match rv {
+            Some(rv) => meta.insert("resourceVersion".into(), rv),
+            None => meta.remove("resourceVersion"),
+        };
+        return;
+    }
+    let meta = object::meta_mut(new);
+    for key in keep_meta {
+        match old_meta.get(key) {
+            Some(v) => meta.insert(key.into(), v.clone()),
+            None => meta.remove(key),
+        };
+    }
+    // Namespace finalizers change only through the finalize subresource.
+    if rt.group.is_empty() && rt.kind == "Namespace" {
+        match old["spec"].get("finalizers") {
+            Some(finalizers) => new["spec"]["finalizers"] = finalizers.clone(),
+            None => {
+                if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("finalizers");
+                }
+            }
+        }
+    }
+    if rt.has_status && rt.kind != "Node" {
+        match old.get("status") {
+            Some(status) => new["status"] = status.clone(),
+            None => {
+                if let Some(root) = new.as_object_mut() {
+                    root.remove("status");
+                }
+            }
+        }
+    }
+    if rt.has_status && spec_changed(new, old) {
+        let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
+        object::meta_mut(new).insert("generation".into(), json!(generation + 1));
+    }
+}
+
+/// True once a deleting object has nothing left to wait for: no finalizers,
+/// no grace period (pods), and for namespaces no spec finalizers either.
+pub fn ready_to_remove(rt: &ResourceType, obj: &Value) -> bool {
+    if !object::is_deleting(obj) || !object::finalizers(obj).is_empty() {
+        return false;
+    }
+    let meta_grace = object::meta(obj)
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if meta_grace > 0 {
+        return false;
+    }
+    !(rt.group.is_empty()
+        && rt.kind == "Namespace"
+        && obj["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()))
+}
+
+/// True if anything outside metadata and status differs.
+fn spec_changed(new: &Value, old: &Value) -> bool {
+    let strip = |v: &Value| -> Map<String, Value> {
+        let mut m = v.as_object().cloned().unwrap_or_default();
+        m.remove("metadata");
+        m.remove("status");
+        m
+    };
+    strip(new) != strip(old)
+}
+
+/// The pod's QoS class from its containers' requests and limits.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| pod["spec"][f].as_array())
+        .flatten();
+    let mut any = false;
+    let mut guaranteed = true;
+    for container in containers {
+        let resources = &container["resources"];
+        let requests = resources["requests"].as_object();
+        let limits = resources["limits"].as_object();
+        if requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for res in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(res));
+            let request = requests.and_then(|r| r.get(res)).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+/// Where a type keeps its replica count and label selector, for `scale`.
+fn scale_paths(rt: &ResourceType) -> Option<(&'static str, &'static str)> {
+    match (rt.group, rt.kind) {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet") => Some(("replicas", "selector")),
+        ("", "ReplicationController") => Some(("replicas", "selector")),
+        _ => None,
+    }
+}
+
+/// The `autoscaling/v1` Scale view of an object.
+pub fn scale_of(rt: &ResourceType, obj: &Value) -> ApiResult<Value> {
+    if scale_paths(rt).is_none() {
+        return Err(ApiError::no_route("scale"));
+    }
+    let meta = object::meta(obj).cloned().unwrap_or_default();
+    let mut scale_meta = Map::new();
+    for key in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+        if let Some(v) = meta.get(key) {
+            scale_meta.insert(key.into(), v.clone());
+        }
+    }
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": scale_meta,
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {
+            "replicas": obj["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector_string(&obj["spec"]["selector"]),
+        },
+    }))
+}
+
+/// Writes a Scale's `spec.replicas` into the object; keeps its
+/// `resourceVersion` as the precondition.
+pub fn apply_scale(obj: &mut Value, scale: &Value) -> ApiResult<()> {
+    let replicas = scale["spec"]["replicas"]
+        .as_i64()
+        .ok_or_else(|| ApiError::bad_request("Scale.spec.replicas must be an integer"))?;
+    obj["spec"]["replicas"] = json!(replicas);
+    let rv = object::resource_version(scale).to_string();
+    let meta = object::meta_mut(obj);
+    if rv.is_empty() {
+        meta.remove("resourceVersion");
+    } else {
+        meta.insert("resourceVersion".into(), json!(rv));
+    }
+    Ok(())
+}
+
+/// A label selector in its string form (`a=b,c in (d)`): either a
+/// `metav1.LabelSelector` or, for ReplicationControllers, a plain map.
+pub fn selector_string(selector: &Value) -> String {
+    let Some(map) = selector.as_object() else {
+        return String::new();
+    };
+    let structured = map.contains_key("matchLabels") || map.contains_key("matchExpressions");
+    let labels = if structured { selector["matchLabels"].as_object() } else { Some(map) };
+    let mut parts: Vec<String> = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for expr in selector["matchExpressions"].as_array().into_iter().flatten() {
+        let key = expr["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = expr["values"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match expr["operator"].as_str().unwrap_or_default() {
+            "In" => parts.push(format!("{key} in ({})", values.join(","))),
+            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
+            "Exists" => parts.push(key.to_string()),
+            "DoesNotExist" => parts.push(format!("!{key}")),
+            _ => {}
+        }
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_classes() {
+        let best = json!({"spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(qos_class(&best), "BestEffort");
+        let guaranteed = json!({"spec": {"containers": [{"name": "a", "resources": {
+            "limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        assert_eq!(qos_class(&guaranteed), "Guaranteed");
+        let burstable = json!({"spec": {"containers": [{"name": "a", "resources": {
+            "requests": {"cpu": "100m"}}}]}});
+        assert_eq!(qos_class(&burstable), "Burstable");
+    }
+
+    #[test]
+    fn selectors_render_like_kubectl() {
+        let sel = json!({"matchLabels": {"app": "web"}, "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "x", "operator": "DoesNotExist"}]});
+        assert_eq!(selector_string(&sel), "app=web,tier in (a,b),!x");
+    }
+}

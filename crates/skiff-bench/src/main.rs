@@ -1,0 +1,196 @@
+//! `skiff-bench`: control-plane benchmarks that print their figures next to the
+//! targets and baselines they are judged against, as markdown ready to paste
+//! into `docs/benchmarks.md`.
+//!
+//! - `api`: the real `skiff server` over HTTPS (create, get, list, watch at 1
+//!   and N clients with 10k, optionally 100k, pods stored; full lists as JSON
+//!   and Table).
+//! - `rss`: the server's resident memory after idling on an empty store.
+//! - `etcd` (feature `etcd`): durable writes of the embedded store against a
+//!   real etcd on the same disk.
+//!
+//! Progress goes to stderr, the report to stdout.
+
+mod api;
+#[cfg(feature = "etcd")]
+mod etcd;
+mod http;
+mod pod;
+mod run;
+mod server;
+mod stats;
+mod sys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Control-plane benchmarks for Skiff.
+#[derive(Debug, Parser)]
+#[command(name = "skiff-bench", version, about)]
+struct Cli {
+    /// Directory for the data directories of the servers under test; it
+    /// decides which disk is measured. Defaults to the system temp directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The skiff API server over HTTPS: create, get, list, watch and full lists.
+    Api(ApiArgs),
+    /// Resident memory of an idle skiff server with an empty store.
+    Rss(RssArgs),
+    /// Durable writes: the embedded store against etcd on the same disk.
+    #[cfg(feature = "etcd")]
+    Etcd(EtcdArgs),
+}
+
+#[derive(Debug, Args)]
+struct SkiffBinary {
+    /// The skiff binary [default: $CARGO_TARGET_DIR/release/skiff, else
+    /// target/release/skiff].
+    #[arg(long, value_name = "PATH")]
+    skiff: Option<PathBuf>,
+}
+
+impl SkiffBinary {
+    fn path(&self) -> PathBuf {
+        self.skiff.clone().unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+                .join("release/skiff")
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    #[command(flatten)]
+    binary: SkiffBinary,
+    /// Also measure with 100k pods stored (takes several minutes).
+    #[arg(long)]
+    large: bool,
+    /// Concurrent clients of the concurrent phases.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Pods stored for the first round of measurements.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Operations of each single-client phase.
+    #[arg(long, default_value_t = 500)]
+    ops_single: usize,
+    /// Operations of each concurrent phase.
+    #[arg(long, default_value_t = 4000)]
+    ops_concurrent: usize,
+    /// Runs of the full list (fewer for bigger stores, at least 3).
+    #[arg(long, default_value_t = 20)]
+    list_runs: usize,
+    /// Wall-time bound of each phase, in seconds.
+    #[arg(long, default_value_t = 30)]
+    limit_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct RssArgs {
+    #[command(flatten)]
+    binary: SkiffBinary,
+    /// Seconds to stay idle before reading the memory.
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+}
+
+#[cfg(feature = "etcd")]
+#[derive(Debug, Args)]
+struct EtcdArgs {
+    /// The etcd binary (Debian's etcd-server).
+    #[arg(long, value_name = "PATH", default_value = "etcd")]
+    etcd: PathBuf,
+    /// Concurrent clients of the concurrent phase.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Writes of the single-client phase.
+    #[arg(long, default_value_t = 3000)]
+    ops_single: usize,
+    /// Writes of the concurrent phase.
+    #[arg(long, default_value_t = 30_000)]
+    ops_concurrent: usize,
+    /// Wall-time bound of each phase, in seconds.
+    #[arg(long, default_value_t = 30)]
+    limit_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let dir = cli.dir.unwrap_or_else(std::env::temp_dir);
+    match cli.command {
+        Command::Api(args) => {
+            let mut sizes = vec![args.pods];
+            if args.large && args.pods < 100_000 {
+                sizes.push(100_000);
+            }
+            let settings = api::Settings {
+                skiff: args.binary.path(),
+                dir,
+                clients: args.clients,
+                sizes,
+                ops_single: args.ops_single,
+                ops_concurrent: args.ops_concurrent,
+                list_runs: args.list_runs,
+                limit: Duration::from_secs(args.limit_secs),
+            };
+            api::run(&settings).await
+        }
+        Command::Rss(args) => {
+            api::rss(
+                &args.binary.path(),
+                &dir,
+                Duration::from_secs(args.idle_secs),
+            )
+            .await
+        }
+        #[cfg(feature = "etcd")]
+        Command::Etcd(args) => {
+            let settings = etcd::Settings {
+                etcd: args.etcd,
+                dir,
+                clients: args.clients,
+                ops_single: args.ops_single,
+                ops_concurrent: args.ops_concurrent,
+                limit: Duration::from_secs(args.limit_secs),
+            };
+            etcd::run(&settings).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from(["skiff-bench", "api", "--large", "--dir", "/x"]).unwrap();
+        assert_eq!(cli.dir, Some(PathBuf::from("/x")));
+        let Command::Api(args) = cli.command else {
+            panic!("not api");
+        };
+        assert!(args.large);
+        assert_eq!(args.clients, 32);
+        let explicit = SkiffBinary {
+            skiff: Some("/bin/skiff".into()),
+        };
+        assert_eq!(explicit.path(), PathBuf::from("/bin/skiff"));
+    }
+}

@@ -1,0 +1,174 @@
+//! Command-line flags. Parsing does no IO; `server::run` turns the flags into a
+//! running server.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Skiff: a Kubernetes-compatible container orchestrator in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "skiff", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: the Kubernetes API server over the embedded store.
+    Server(ServerArgs),
+}
+
+/// Flags of `skiff server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the database, PKI, token and admin kubeconfig live.
+    #[arg(long, default_value = "/var/lib/skiff", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub bind_address: IpAddr,
+
+    /// Port the API server listens on (HTTPS).
+    #[arg(long, default_value_t = 6443, value_name = "PORT")]
+    pub https_port: u16,
+
+    /// Address other machines and pods reach this server at (the endpoint of
+    /// the `kubernetes` service). Defaults to the bind address, or to the
+    /// host's first non-loopback address when binding to all addresses. Added
+    /// to the serving certificate when that is first generated.
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// How often to compact the store's history (e.g. `30s`, `5m`, `1h30m`;
+    /// `0` turns compaction off).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub compaction_interval: Duration,
+
+    /// How many revisions of history to keep when compacting; watches may
+    /// resume from any retained revision.
+    #[arg(long, default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub compaction_keep_revisions: i64,
+}
+
+/// Parse a duration written as Go and Kubernetes flags write them: one or more
+/// `<integer><unit>` terms with units `h`, `m`, `s`, `ms` (e.g. `1h30m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {text:?}: expected a number"));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|e| format!("invalid duration {text:?}: {e}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => Duration::from_secs(3600),
+            "m" => Duration::from_secs(60),
+            "s" => Duration::from_secs(1),
+            "ms" => Duration::from_millis(1),
+            "" => return Err(format!("invalid duration {text:?}: missing unit")),
+            other => return Err(format!("invalid duration {text:?}: unknown unit {other:?}")),
+        };
+        rest = &rest[unit_len..];
+        let term = u32::try_from(value)
+            .ok()
+            .and_then(|v| unit.checked_mul(v))
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+        total = total
+            .checked_add(term)
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("1m30s250ms"),
+            Ok(Duration::from_millis(90_250))
+        );
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "5", "m", "5x", "1.5h", "-5m", "5m3", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn server_defaults() {
+        let cli = Cli::try_parse_from(["skiff", "server"]).unwrap();
+        let Command::Server(args) = cli.command;
+        assert_eq!(args.data_dir, PathBuf::from("/var/lib/skiff"));
+        assert_eq!(args.bind_address.to_string(), "0.0.0.0");
+        assert_eq!(args.https_port, 6443);
+        assert_eq!(args.advertise_address, None);
+        assert_eq!(args.compaction_interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn server_flags() {
+        let cli = Cli::try_parse_from([
+            "skiff",
+            "server",
+            "--data-dir",
+            "/tmp/x",
+            "--bind-address",
+            "::1",
+            "--https-port",
+            "7443",
+            "--advertise-address",
+            "10.0.0.5",
+            "--compaction-interval",
+            "30s",
+            "--compaction-keep-revisions",
+            "50",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command;
+        assert_eq!(args.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(args.bind_address.to_string(), "::1");
+        assert_eq!(args.https_port, 7443);
+        assert_eq!(args.advertise_address.unwrap().to_string(), "10.0.0.5");
+        assert_eq!(args.compaction_interval, Duration::from_secs(30));
+        assert_eq!(args.compaction_keep_revisions, 50);
+    }
+
+    #[test]
+    fn negative_keep_revisions_is_rejected() {
+        let parsed = Cli::try_parse_from(["skiff", "server", "--compaction-keep-revisions", "-1"]);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

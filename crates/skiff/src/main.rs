@@ -1,0 +1,36 @@
+//! The `skiff` binary: command-line parsing and wiring of the components.
+
+mod cli;
+mod kubeconfig;
+mod pki;
+mod server;
+mod tls;
+mod token;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        Command::Server(args) => server::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("skiff: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `skiff server`: prepare the data directory (PKI, token, kubeconfig), open the
+//! embedded store and serve the Kubernetes API until SIGTERM or SIGINT.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! DATA_DIR/
+//!   tls/          ca.crt ca.key server.crt server.key admin.crt admin.key
+//!   token         bootstrap token for agents
+//!   kubeconfig    admin kubeconfig, rewritten on every start (the port may change)
+//!   db/skiff.redb the embedded store
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ServerArgs;
+use crate::pki::{self, ServingNames};
+use crate::{kubeconfig, tls, token};
+
+/// Run the server until it is told to stop.
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    create_private_dir(&args.data_dir)?;
+    // Absolute, so that the printed KUBECONFIG path works from any directory.
+    let data_dir = &args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+
+    let host_ips = pki::host_addresses()?;
+    let extra_sans: Vec<IpAddr> = args.advertise_address.into_iter().collect();
+    let names = ServingNames::for_host(pki::hostname().as_deref(), &host_ips, &extra_sans);
+    let pki = pki::ensure(&data_dir.join("tls"), &names)?;
+    let bootstrap_token = token::ensure(&data_dir.join("token"))?;
+
+    let listen = SocketAddr::new(args.bind_address, args.https_port);
+    let url = format!("https://{}", local_address(listen));
+    let kubeconfig_path = data_dir.join("kubeconfig");
+    let config = kubeconfig::render(&url, &pki).context("rendering the admin kubeconfig")?;
+    pki::write_file_atomic(&kubeconfig_path, config.as_bytes(), 0o600)?;
+
+    let tls = tls::server_config(&pki)?;
+
+    let db_dir = data_dir.join("db");
+    create_private_dir(&db_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let advertise = SocketAddr::new(
+        advertise_ip(args.advertise_address, args.bind_address, &host_ips),
+        args.https_port,
+    );
+    let db_path = db_dir.join("skiff.redb");
+
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+
+        // Opening may repair a file left by a crash, which takes a while: keep
+        // it off the async worker threads.
+        let opened = tokio::task::spawn_blocking({
+            let db_path = db_path.clone();
+            move || skiff_store::EmbeddedStore::open(&db_path)
+        })
+        .await
+        .context("opening the store")?;
+        let store: Arc<dyn skiff_store::Store> = Arc::new(
+            opened.with_context(|| format!("opening the store at {}", db_path.display()))?,
+        );
+
+        let compactor = (!args.compaction_interval.is_zero()).then(|| {
+            skiff_store::spawn_compactor(
+                store.clone(),
+                args.compaction_interval,
+                args.compaction_keep_revisions,
+                shutdown.child_token(),
+            )
+        });
+
+        eprintln!(
+            "Skiff API server starting on https://{listen} (advertised as {advertise}).\n\
+             To use it with kubectl:\n    export KUBECONFIG={}",
+            kubeconfig_path.display()
+        );
+        let options = skiff_apiserver::ServerOptions {
+            listen,
+            tls,
+            store,
+            advertise,
+            // Agents will join with the bootstrap token.
+            bearer_tokens: vec![bootstrap_token],
+        };
+        let served = skiff_apiserver::run(options, shutdown.clone()).await;
+        shutdown.cancel();
+        // The compactor finishes a compaction in progress and stops. A panic in
+        // it was already reported and must not mask how serving ended.
+        if let Some(compactor) = compactor {
+            let _ = compactor.await;
+        }
+        served.context("serving the API")
+    })
+}
+
+/// Cancel `shutdown` on the first SIGTERM or SIGINT; exit at once on a second,
+/// for an operator who does not want to wait for in-flight requests.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down (send the signal again to exit immediately)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting");
+    std::process::exit(1);
+}
+
+/// The address local clients should use to reach a server listening on
+/// `listen`: loopback when it listens on every address.
+fn local_address(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// The address to advertise: the flag, else a specific bind address, else the
+/// host's first non-loopback address (IPv4 preferred, as upstream prefers the
+/// default route's), else loopback.
+fn advertise_ip(flag: Option<IpAddr>, bind: IpAddr, host_ips: &[IpAddr]) -> IpAddr {
+    if let Some(ip) = flag {
+        return ip;
+    }
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    let usable = |ip: &&IpAddr| !ip.is_loopback() && !ip.is_unspecified();
+    host_ips
+        .iter()
+        .filter(usable)
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| host_ips.iter().find(usable))
+        .copied()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Create `dir` (and parents) readable only by its owner: it holds keys.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_ip_choice() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let any = ip("0.0.0.0");
+        let host = [ip("127.0.0.1"), ip("fd00::5"), ip("10.0.0.7")];
+        assert_eq!(advertise_ip(Some(ip("1.2.3.4")), any, &host), ip("1.2.3.4"));
+        assert_eq!(advertise_ip(None, ip("10.9.9.9"), &host), ip("10.9.9.9"));
+        assert_eq!(advertise_ip(None, any, &host), ip("10.0.0.7"));
+        assert_eq!(advertise_ip(None, any, &host[..2]), ip("fd00::5"));
+        assert_eq!(advertise_ip(None, any, &host[..1]), ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn local_address_prefers_loopback_for_wildcards() {
+        let cases = [
+            ("0.0.0.0:6443", "127.0.0.1:6443"),
+            ("[::]:6443", "[::1]:6443"),
+            ("10.0.0.5:7443", "10.0.0.5:7443"),
+            ("[fd00::1]:6443", "[fd00::1]:6443"),
+        ];
+        for (listen, want) in cases {
+            let got = local_address(listen.parse().unwrap());
+            assert_eq!(got.to_string(), want);
+        }
+    }
+}
