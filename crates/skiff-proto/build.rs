@@ -7,13 +7,20 @@
 //! `repeated items = 1` field and marks `+protobuf.nullable=true`, but whose
 //! JSON form is a plain array. Reading the marker from the IDL comments keeps
 //! that knowledge out of hand-written tables.
+//!
+//! Finally it checks every row of `go-json-fields.tsv` (facts from the Go
+//! struct tags: embedded structs, renamed keys, fields omitted when zero)
+//! against the descriptors, so a stale table fails the build instead of
+//! silently mis-shaping JSON.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use protox::prost::Message as _;
 use protox::prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
-use protox::prost_reflect::prost_types::{FieldDescriptorProto, FileDescriptorSet};
+use protox::prost_reflect::prost_types::{
+    DescriptorProto, FieldDescriptorProto, FileDescriptorSet,
+};
 
 /// `FileDescriptorProto.message_type` in source-code-info paths.
 const MESSAGE_TYPE_PATH: i32 = 4;
@@ -43,7 +50,7 @@ fn main() {
     let mut fds = compiler.file_descriptor_set();
 
     let wrappers = list_wrappers(&fds);
-    let go_fields = go_json_fields(&fds);
+    let go_fields = go_json_fields(&fds, &wrappers);
     // Comments are only needed for the scan above; drop them to keep the
     // embedded set small.
     for file in &mut fds.file {
@@ -64,8 +71,8 @@ fn main() {
 
 /// Reads `go-json-fields.tsv` (see `tools/go-json-fields.py`), checks every
 /// row against the descriptors, and renders it as a Rust slice expression of
-/// `(message, field number, Some(json name) | None for inline)`.
-fn go_json_fields(fds: &FileDescriptorSet) -> String {
+/// `(message, field number, GoRow)`.
+fn go_json_fields(fds: &FileDescriptorSet, wrappers: &[String]) -> String {
     let table = std::fs::read_to_string("go-json-fields.tsv").expect("reading go-json-fields.tsv");
     let mut out = String::from("&[\n");
     for line in table
@@ -73,35 +80,79 @@ fn go_json_fields(fds: &FileDescriptorSet) -> String {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
         let columns: Vec<&str> = line.split('\t').collect();
-        let (rename, message, number) = match columns[..] {
-            ["inline", message, number] => (None, message, number),
-            ["rename", message, number, json] => (Some(json), message, number),
+        let (row, message, number) = match columns[..] {
+            ["inline", message, number] => ("GoRow::Inline".to_owned(), message, number),
+            ["rename", message, number, json] => {
+                (format!("GoRow::Rename({json:?})"), message, number)
+            }
+            ["omitempty" | "omitzero", message, number, _] => {
+                ("GoRow::OmitEmpty".to_owned(), message, number)
+            }
             _ => panic!("malformed go-json-fields.tsv row {line:?}"),
         };
         let number: i32 = number.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        let field = find_field(fds, message, number)
+        let (parent, field) = find_field(fds, message, number)
             .unwrap_or_else(|| panic!("go-json-fields.tsv names a missing field: {line:?}"));
-        if rename.is_none() {
-            assert!(
-                field.r#type() == Type::Message && field.label() != Label::Repeated,
-                "inline field is not a singular message: {line:?}"
-            );
-        }
-        writeln!(out, "    ({message:?}, {number}, {rename:?}),").expect("writing to a String");
+        let singular = field.label() != Label::Repeated;
+        let is_message = field.r#type() == Type::Message;
+        let message_type = field.type_name().trim_start_matches('.');
+        let is_map = !singular && is_message && is_map_entry(parent, field);
+        let fits = match columns[..] {
+            ["inline", ..] => singular && is_message,
+            ["rename", ..] => true,
+            ["omitempty", .., "scalar"] => singular && !is_message && field.r#type() != Type::Bytes,
+            ["omitempty", .., "map"] => is_map,
+            // A Go slice: a repeated field, `[]byte`, or a named slice type
+            // wrapped in a message (`metav1.Verbs`).
+            ["omitempty", .., "slice"] if singular => {
+                field.r#type() == Type::Bytes || wrappers.iter().any(|w| w == message_type)
+            }
+            ["omitempty", .., "slice"] => !is_map,
+            // Only times have a zero value whose JSON form (`null`) to_json
+            // can recognise.
+            ["omitzero", .., "struct"] => {
+                singular
+                    && matches!(
+                        message_type,
+                        "k8s.io.apimachinery.pkg.apis.meta.v1.Time"
+                            | "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime"
+                    )
+            }
+            _ => false,
+        };
+        assert!(
+            fits,
+            "go-json-fields.tsv row does not fit the field's proto type: {line:?}"
+        );
+        writeln!(out, "    ({message:?}, {number}, {row}),").expect("writing to a String");
     }
     out.push(']');
     out
 }
 
+/// Finds a top-level message by full name and one of its fields by number.
 fn find_field<'a>(
     fds: &'a FileDescriptorSet,
     message: &str,
     number: i32,
-) -> Option<&'a FieldDescriptorProto> {
+) -> Option<(&'a DescriptorProto, &'a FieldDescriptorProto)> {
     fds.file.iter().find_map(|file| {
         let name = message.strip_prefix(file.package())?.strip_prefix('.')?;
         let message = file.message_type.iter().find(|m| m.name() == name)?;
-        message.field.iter().find(|f| f.number() == number)
+        let field = message.field.iter().find(|f| f.number() == number)?;
+        Some((message, field))
+    })
+}
+
+/// Whether `field` of `parent` is a map: its type is a nested map entry.
+fn is_map_entry(parent: &DescriptorProto, field: &FieldDescriptorProto) -> bool {
+    let entry = field.type_name().rsplit('.').next();
+    parent.nested_type.iter().any(|nested| {
+        Some(nested.name()) == entry
+            && nested
+                .options
+                .as_ref()
+                .is_some_and(|options| options.map_entry())
     })
 }
 

@@ -50,6 +50,13 @@ impl Conflict {
     }
 }
 
+/// The annotation kubectl's client-side apply keeps the applied configuration in.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The manager name `kubectl apply --server-side` uses; only it may take over
+/// fields from client-side apply.
+const KUBECTL_MANAGER: &str = "kubectl";
+
 /// The message of the 409 Conflict status, worded as upstream's.
 ///
 /// One conflict: `Apply failed with 1 conflict: conflict with "kubectl-scale" using
@@ -123,6 +130,55 @@ impl FieldManager<'_> {
     /// The result is neither defaulted nor validated: the server does that next, as for
     /// any write. When nothing changes, the result equals `live` but for managedFields.
     pub fn apply(
+        &self,
+        live: Option<&Value>,
+        applied: &Value,
+        force: bool,
+    ) -> Result<Value, ApplyError> {
+        match self.apply_once(live, applied, force) {
+            Err(ApplyError::Conflicts(conflicts)) if self.manager == KUBECTL_MANAGER => {
+                self.upgrade_from_client_side_apply(live, applied, conflicts)
+            }
+            other => other,
+        }
+    }
+
+    /// kubectl's first server-side apply over an object it managed with
+    /// client-side apply: conflicts on fields whose live value still equals the
+    /// last-applied configuration are overridden, as upstream's lastAppliedManager
+    /// does; any other conflict stands.
+    fn upgrade_from_client_side_apply(
+        &self,
+        live: Option<&Value>,
+        applied: &Value,
+        conflicts: Vec<Conflict>,
+    ) -> Result<Value, ApplyError> {
+        let last_applied = live
+            .and_then(|l| l["metadata"]["annotations"][LAST_APPLIED_ANNOTATION].as_str())
+            .and_then(|text| serde_json::from_str::<Value>(text).ok());
+        let (Some(live), Some(last_applied)) = (live, last_applied) else {
+            return Err(ApplyError::Conflicts(conflicts));
+        };
+        let allowed = match (
+            field_set(self.schema, &last_applied),
+            compare(self.schema, live, &last_applied),
+        ) {
+            (Ok(fields), Ok(changed)) => fields.difference(&changed.modified),
+            _ => return Err(ApplyError::Conflicts(conflicts)),
+        };
+        if conflicts.iter().all(|c| allowed.contains(&c.path.0)) {
+            self.apply_once(Some(live), applied, true)
+        } else {
+            Err(ApplyError::Conflicts(
+                conflicts
+                    .into_iter()
+                    .filter(|c| !allowed.contains(&c.path.0))
+                    .collect(),
+            ))
+        }
+    }
+
+    fn apply_once(
         &self,
         live: Option<&Value>,
         applied: &Value,
@@ -832,6 +888,47 @@ mod tests {
             conflicts_message(&conflicts),
             "Apply failed with 3 conflicts: conflicts with \"a\" using apps/v1:\n- .spec.paused\n\
              conflicts with \"b\" using apps/v1:\n- .spec.replicas\n- .spec.strategy"
+        );
+    }
+
+    #[test]
+    fn kubectl_takes_over_fields_from_client_side_apply() {
+        let mut live = deployment(2, json!({"app": "web"}), nginx());
+        let last_applied = live.clone();
+        live["metadata"]["annotations"] =
+            json!({LAST_APPLIED_ANNOTATION: last_applied.to_string()});
+        let mut live = stored(live);
+        fm("kubectl-client-side-apply", at(0))
+            .record_update(None, &mut live)
+            .unwrap();
+        let config = deployment(3, json!({"app": "web"}), nginx());
+
+        // Another manager conflicts with the client-side owner as usual...
+        let err = fm("deployer", at(1))
+            .apply(Some(&live), &config, false)
+            .unwrap_err();
+        assert!(
+            matches!(err, ApplyError::Conflicts(c) if c.iter().any(|c| c.field() == ".spec.replicas"))
+        );
+        // ...but kubectl takes over fields still equal to its last-applied configuration.
+        let upgraded = fm(KUBECTL_MANAGER, at(1))
+            .apply(Some(&live), &config, false)
+            .unwrap();
+        assert_eq!(upgraded["spec"]["replicas"], 3);
+
+        // A field changed since the last client-side apply still conflicts.
+        let mut drifted = live.clone();
+        fm("kubectl-scale", at(2))
+            .record_update(Some(&live), {
+                drifted["spec"]["replicas"] = json!(5);
+                &mut drifted
+            })
+            .unwrap();
+        let err = fm(KUBECTL_MANAGER, at(3))
+            .apply(Some(&drifted), &config, false)
+            .unwrap_err();
+        assert!(
+            matches!(err, ApplyError::Conflicts(c) if c.len() == 1 && c[0].field() == ".spec.replicas")
         );
     }
 }

@@ -6,13 +6,13 @@
 //! Objects travel as `serde_json::Value`; a row's typed codec (k8s-openapi) is used
 //! to check and normalize them.
 
-pub mod registry;
-pub mod printers;
 pub mod apply;
+pub mod defaults;
 pub mod managed_fields;
 pub mod merge_keys;
 pub mod patch;
-pub mod selector;
-pub mod defaults;
+pub mod printers;
 pub mod quantity;
+pub mod registry;
+pub mod selector;
 pub mod validation;

@@ -22,7 +22,7 @@ pub struct PeerIdentity {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(pub Arc<Vec<String>>);
 
-const PUBLIC_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
+const PUBLIC_PATHS: [&str; 5] = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
 /// Refuses unauthenticated requests with 401.
 pub async fn authenticate(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
@@ -35,7 +35,12 @@ pub async fn authenticate(State(tokens): State<Tokens>, request: Request, next: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|token| tokens.0.iter().any(|known| constant_time_eq(known, token.trim())));
+        .is_some_and(|token| {
+            tokens
+                .0
+                .iter()
+                .any(|known| constant_time_eq(known, token.trim()))
+        });
     let public = PUBLIC_PATHS.contains(&request.uri().path());
     if by_certificate || by_token || public {
         next.run(request).await
@@ -45,7 +50,11 @@ pub async fn authenticate(State(tokens): State<Tokens>, request: Request, next: 
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]

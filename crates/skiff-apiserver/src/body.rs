@@ -147,10 +147,16 @@ mod tests {
         assert_eq!(obj["metadata"]["name"], "x");
         let json = br#"{"kind":"ConfigMap"}"#;
         assert_eq!(decode_object(None, json).unwrap()["kind"], "ConfigMap");
-        assert_eq!(decode_object(None, b"{nope").unwrap_err().code.as_u16(), 400);
+        assert_eq!(
+            decode_object(None, b"{nope").unwrap_err().code.as_u16(),
+            400
+        );
         assert_eq!(decode_object(None, b"[1]").unwrap_err().code.as_u16(), 400);
         assert_eq!(
-            decode_object(Some("text/plain"), b"x").unwrap_err().code.as_u16(),
+            decode_object(Some("text/plain"), b"x")
+                .unwrap_err()
+                .code
+                .as_u16(),
             415
         );
     }

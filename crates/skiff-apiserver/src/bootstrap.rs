@@ -47,16 +47,29 @@ pub async fn ensure_api_service(rest: &Rest, advertise: SocketAddr) -> ApiResult
 }
 
 /// Creates `desired` if absent; with `refresh`, overwrites a stale copy.
-async fn ensure(rest: &Rest, group: &str, plural: &str, desired: Value, refresh: bool) -> ApiResult<()> {
+async fn ensure(
+    rest: &Rest,
+    group: &str,
+    plural: &str,
+    desired: Value,
+    refresh: bool,
+) -> ApiResult<()> {
     let rt = registry::by_plural(group, "v1", plural).expect("bootstrap types are served");
     let mut ctx = WriteContext::internal(MANAGER);
-    match rest.create(rt, Some("default"), desired.clone(), &mut ctx).await {
+    match rest
+        .create(rt, Some("default"), desired.clone(), &mut ctx)
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(e) if e.reason == "AlreadyExists" && refresh => {}
         Err(e) if e.reason == "AlreadyExists" => return Ok(()),
         Err(e) => return Err(e),
     }
-    let at = ObjectRef { rt, namespace: Some("default"), name: "kubernetes" };
+    let at = ObjectRef {
+        rt,
+        namespace: Some("default"),
+        name: "kubernetes",
+    };
     rest.guaranteed_update(at, |current| {
         let mut new = desired.clone();
         new["metadata"] = current["metadata"].clone();

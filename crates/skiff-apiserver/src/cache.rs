@@ -50,7 +50,11 @@ impl Cached {
     }
 
     /// Decodes `value` and stamps `revision` as its resourceVersion.
-    pub fn decode(key: String, value: &[u8], revision: Revision) -> Result<Cached, serde_json::Error> {
+    pub fn decode(
+        key: String,
+        value: &[u8],
+        revision: Revision,
+    ) -> Result<Cached, serde_json::Error> {
         let mut object: Value = serde_json::from_slice(value)?;
         crate::object::set_resource_version(&mut object, revision);
         let json = Bytes::from(serde_json::to_vec(&object)?);
@@ -129,7 +133,11 @@ pub struct WatchCache {
 
 /// The store key prefix of a type: `/registry/{group or core}/{plural}/`.
 pub fn type_prefix(rt: &ResourceType) -> String {
-    let group = if rt.group.is_empty() { "core" } else { rt.group };
+    let group = if rt.group.is_empty() {
+        "core"
+    } else {
+        rt.group
+    };
     format!("/registry/{group}/{}/", rt.plural)
 }
 
@@ -196,7 +204,9 @@ impl WatchCache {
         loop {
             let page = self.store.range(request.clone()).await?;
             for kv in &page.kvs {
-                let Some(type_key) = key_type(&kv.key) else { continue };
+                let Some(type_key) = key_type(&kv.key) else {
+                    continue;
+                };
                 match Cached::from_kv(kv) {
                     Ok(cached) => {
                         fresh
@@ -204,7 +214,9 @@ impl WatchCache {
                             .or_default()
                             .insert(kv.key.clone(), Arc::new(cached));
                     }
-                    Err(e) => tracing::error!(key = %kv.key, error = %e, "undecodable stored object skipped"),
+                    Err(e) => {
+                        tracing::error!(key = %kv.key, error = %e, "undecodable stored object skipped")
+                    }
                 }
             }
             match (page.more, page.kvs.last()) {
@@ -289,10 +301,10 @@ impl WatchCache {
             object,
             prev,
         });
-        if state.history.len() == HISTORY_PER_TYPE {
-            if let Some(oldest) = state.history.pop_front() {
-                state.floor = oldest.revision;
-            }
+        if state.history.len() == HISTORY_PER_TYPE
+            && let Some(oldest) = state.history.pop_front()
+        {
+            state.floor = oldest.revision;
         }
         state.history.push_back(change.clone());
         // No receivers is fine: nobody is watching this type.
@@ -329,7 +341,11 @@ impl WatchCache {
             Some(ns) if rt.namespaced() => format!("{}{ns}/", type_prefix(rt)),
             _ => type_prefix(rt),
         };
-        let state = self.type_cache(rt).state.read().unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .type_cache(rt)
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         let items = state
             .objects
             .range(prefix.clone()..)
@@ -341,7 +357,11 @@ impl WatchCache {
 
     /// One object by key, from the cache.
     pub fn get(&self, rt: &ResourceType, key: &str) -> Option<Arc<Cached>> {
-        let state = self.type_cache(rt).state.read().unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .type_cache(rt)
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         state.objects.get(key).cloned()
     }
 

@@ -87,8 +87,7 @@ impl ApiError {
 
     /// 409 Conflict with a caller-built message and causes (server-side apply).
     pub fn conflict_with_causes(message: String, causes: Vec<Value>) -> Self {
-        Self::new(StatusCode::CONFLICT, "Conflict", message)
-            .with_details(json!({"causes": causes}))
+        Self::new(StatusCode::CONFLICT, "Conflict", message).with_details(json!({"causes": causes}))
     }
 
     /// 422 Invalid with per-field causes, in upstream's words.
@@ -153,7 +152,9 @@ impl ApiError {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type:?})"
+            ),
         )
     }
 
@@ -174,11 +175,7 @@ impl ApiError {
 
     /// 500 InternalError.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
     /// 504 Timeout.
@@ -213,12 +210,15 @@ impl ApiError {
                 name,
                 "the object has been modified; please apply your changes to the latest version and try again",
             ),
-            StoreError::Compacted { requested, compacted } => Self::expired(format!(
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => Self::expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
-            StoreError::FutureRevision(rev) => Self::timeout(format!(
-                "Too large resource version: {rev}, current: older"
-            )),
+            StoreError::FutureRevision(rev) => {
+                Self::timeout(format!("Too large resource version: {rev}, current: older"))
+            }
             other => Self::internal(other.to_string()),
         }
     }
@@ -235,7 +235,13 @@ pub fn qualified(rt: &ResourceType) -> String {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.code.as_u16(), self.reason, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.code.as_u16(),
+            self.reason,
+            self.message
+        )
     }
 }
 

@@ -83,7 +83,10 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
                 cached: item.clone(),
             };
             for owner in owner_uids(&item.object) {
-                dependents.entry(owner.to_string()).or_default().push(node.clone());
+                dependents
+                    .entry(owner.to_string())
+                    .or_default()
+                    .push(node.clone());
             }
             if !owner_uids(&item.object).is_empty() {
                 owned.push(node.clone());
@@ -91,7 +94,10 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
             by_uid.insert(object::uid(&item.object).to_string(), node);
         }
     }
-    for node in by_uid.values().filter(|n| object::is_deleting(&n.cached.object)) {
+    for node in by_uid
+        .values()
+        .filter(|n| object::is_deleting(&n.cached.object))
+    {
         let finalizers = object::finalizers(&node.cached.object);
         let uid = object::uid(&node.cached.object);
         let deps = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
@@ -108,12 +114,18 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
                 propagation_policy: Some("Foreground".into()),
                 ..DeleteOptions::default()
             };
-            for dep in deps.iter().filter(|d| !object::is_deleting(&d.cached.object)) {
+            for dep in deps
+                .iter()
+                .filter(|d| !object::is_deleting(&d.cached.object))
+            {
                 ignore_not_found(rest.delete(dep.at(), &options, false).await)?;
             }
         }
     }
-    for node in owned.iter().filter(|n| !object::is_deleting(&n.cached.object)) {
+    for node in owned
+        .iter()
+        .filter(|n| !object::is_deleting(&n.cached.object))
+    {
         let owners = owner_uids(&node.cached.object);
         if owners.iter().any(|uid| by_uid.contains_key(*uid)) {
             continue;
@@ -133,7 +145,10 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
 /// The cache may lag a just-created owner: confirm absence against the store
 /// before deleting anything.
 async fn owners_really_gone(rest: &Rest, node: &Node) -> ApiResult<bool> {
-    let refs = node.cached.object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+    let refs = node.cached.object["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for owner in refs {
         let api_version = owner["apiVersion"].as_str().unwrap_or_default();
         let (group, _) = api_version.rsplit_once('/').unwrap_or(("", api_version));
@@ -147,7 +162,9 @@ async fn owners_really_gone(rest: &Rest, node: &Node) -> ApiResult<bool> {
             name,
         };
         match rest.get(at).await {
-            Ok(found) if object::uid(&found.object) == owner["uid"].as_str().unwrap_or_default() => {
+            Ok(found)
+                if object::uid(&found.object) == owner["uid"].as_str().unwrap_or_default() =>
+            {
                 return Ok(false);
             }
             Ok(_) => {}

@@ -17,17 +17,17 @@ use crate::namespaces;
 use crate::object;
 use crate::request::{Query, Target, parse_path};
 use crate::rest::{self, DeleteOptions, Mutation, ObjectRef, Rest, WriteContext};
-use skiff_api::apply::ApplyError;
-use skiff_api::managed_fields::BuiltinSchema;
 use crate::strategy;
 use crate::watch::{self, WatchRequest};
+use skiff_api::apply::ApplyError;
+use skiff_api::managed_fields::BuiltinSchema;
 
 /// Serves one resource request.
 pub async fn serve(rest: Arc<Rest>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let result = async {
-        let target = parse_path(parts.uri.path())?
-            .ok_or_else(|| ApiError::no_route(parts.uri.path()))?;
+        let target =
+            parse_path(parts.uri.path())?.ok_or_else(|| ApiError::no_route(parts.uri.path()))?;
         let query = Query::parse(parts.uri.query())?;
         let body = read_body(body).await?;
         dispatch(&rest, &parts.method, &parts.headers, target, query, body).await
@@ -40,12 +40,16 @@ async fn read_body(body: Body) -> ApiResult<Bytes> {
     let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_BODY_BYTES)),
-        Err(e) => Err(ApiError::bad_request(format!("error reading request body: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(MAX_BODY_BYTES))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "error reading request body: {e}"
+        ))),
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -71,16 +75,25 @@ async fn dispatch(
                 let request = WatchRequest::new(rt, target.namespace.clone(), filter, repr, query)?;
                 let stream = watch::watch(rest.clone(), request).await?;
                 let mut response = Response::new(Body::from_stream(stream));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 return Ok(response);
             }
             let page = list::list(rest, rt, ns, &query, &filter).await?;
-            Ok(json_response(StatusCode::OK, list::render(rt, &page, repr, &query)?, &ctx))
+            Ok(json_response(
+                StatusCode::OK,
+                list::render(rt, &page, repr, &query)?,
+                &ctx,
+            ))
         }
         (Method::GET, Some(name), sub) => {
-            let at = ObjectRef { rt, namespace: ns, name };
+            let at = ObjectRef {
+                rt,
+                namespace: ns,
+                name,
+            };
             let current = rest.get(at).await?;
             let object = match sub {
                 None | Some("status") => current.object.clone(),
@@ -96,23 +109,45 @@ async fn dispatch(
         }
         (Method::POST, Some(name), Some("binding")) => {
             let binding = body::decode_object(content_type, &body)?;
-            bind_pod(rest, ObjectRef { rt, namespace: ns, name }, &binding).await?;
+            bind_pod(
+                rest,
+                ObjectRef {
+                    rt,
+                    namespace: ns,
+                    name,
+                },
+                &binding,
+            )
+            .await?;
             Ok(success(StatusCode::CREATED))
         }
         (Method::POST, Some(name), Some("eviction")) => {
-            let at = ObjectRef { rt, namespace: ns, name };
-            rest.delete(at, &DeleteOptions::default(), ctx.dry_run).await?;
+            let at = ObjectRef {
+                rt,
+                namespace: ns,
+                name,
+            };
+            rest.delete(at, &DeleteOptions::default(), ctx.dry_run)
+                .await?;
             Ok(success(StatusCode::CREATED))
         }
         (Method::POST, Some(_), Some(other)) => Err(node_agent_missing(other)),
         (Method::PUT, Some(name), sub) => {
             let obj = body::decode_object(content_type, &body)?;
-            let at = ObjectRef { rt, namespace: ns, name };
+            let at = ObjectRef {
+                rt,
+                namespace: ns,
+                name,
+            };
             let updated = update(rest, at, sub, obj, &mut ctx).await?;
             respond_object(StatusCode::OK, &updated, rt, repr, &query, &ctx, sub)
         }
         (Method::PATCH, Some(name), sub) => {
-            let at = ObjectRef { rt, namespace: ns, name };
+            let at = ObjectRef {
+                rt,
+                namespace: ns,
+                name,
+            };
             let media = body::media_type(content_type);
             let force = Query::flag(&query.force, "force")?;
             let (status, patched) = patch(rest, at, sub, &media, &body, force, &mut ctx).await?;
@@ -120,7 +155,11 @@ async fn dispatch(
         }
         (Method::DELETE, Some(name), None) => {
             let options = delete_options(content_type, &body, &query)?;
-            let at = ObjectRef { rt, namespace: ns, name };
+            let at = ObjectRef {
+                rt,
+                namespace: ns,
+                name,
+            };
             let deleted = if rt.group.is_empty() && rt.kind == "Namespace" {
                 namespaces::delete(rest, name, &options, ctx.dry_run).await?
             } else {
@@ -168,7 +207,9 @@ fn node_agent_missing(subresource: &str) -> ApiError {
 fn write_context(headers: &HeaderMap, query: &Query) -> ApiResult<WriteContext> {
     let field_manager = match query.field_manager.as_deref().filter(|m| !m.is_empty()) {
         Some(m) if m.len() > 128 => {
-            return Err(ApiError::bad_request("fieldManager must be at most 128 characters"));
+            return Err(ApiError::bad_request(
+                "fieldManager must be at most 128 characters",
+            ));
         }
         Some(m) => m.to_string(),
         // Upstream derives the manager from the User-Agent's product token.
@@ -189,7 +230,11 @@ fn write_context(headers: &HeaderMap, query: &Query) -> ApiResult<WriteContext> 
     })
 }
 
-fn delete_options(content_type: Option<&str>, body: &[u8], query: &Query) -> ApiResult<DeleteOptions> {
+fn delete_options(
+    content_type: Option<&str>,
+    body: &[u8],
+    query: &Query,
+) -> ApiResult<DeleteOptions> {
     let mut options = DeleteOptions {
         grace_period_seconds: Query::int(&query.grace_period_seconds, "gracePeriodSeconds")?,
         propagation_policy: query.propagation_policy.clone(),
@@ -261,7 +306,12 @@ fn dry_run_guard(mutation: Mutation, dry_run: bool) -> Mutation {
 
 /// The scale subresource: read the Scale view, let `change` produce a new
 /// one, write its replicas back.
-async fn write_scale<F>(rest: &Rest, at: ObjectRef<'_>, ctx: &mut WriteContext, mut change: F) -> ApiResult<Value>
+async fn write_scale<F>(
+    rest: &Rest,
+    at: ObjectRef<'_>,
+    ctx: &mut WriteContext,
+    mut change: F,
+) -> ApiResult<Value>
 where
     F: FnMut(&Value) -> ApiResult<Value>,
 {
@@ -300,8 +350,12 @@ async fn patch(
     };
     let apply_patch = |current: &Value| -> ApiResult<Value> {
         let result = match media {
-            "application/json-patch+json" => skiff_api::patch::apply_json_patch(current, &patch_body),
-            "application/merge-patch+json" => skiff_api::patch::apply_merge_patch(current, &patch_body),
+            "application/json-patch+json" => {
+                skiff_api::patch::apply_json_patch(current, &patch_body)
+            }
+            "application/merge-patch+json" => {
+                skiff_api::patch::apply_merge_patch(current, &patch_body)
+            }
             _ => skiff_api::patch::apply_strategic_merge(rt.group, rt.kind, current, &patch_body),
         };
         result.map_err(|e| ApiError::bad_request(e.to_string()))
@@ -317,7 +371,7 @@ async fn patch(
     let dry_run = ctx.dry_run;
     let updated = rest
         .guaranteed_update(at, |current| {
-            let patched = apply_patch(&without_rv(current))?;
+            let patched = apply_patch(current)?;
             let mutation = rest.admit_update(at, sub, current, patched, ctx)?;
             Ok(dry_run_guard(mutation, dry_run))
         })
@@ -347,10 +401,15 @@ async fn server_side_apply(
     }
     let manager = ctx.field_manager.clone();
     let api_version = rt.api_version();
-    let schema = BuiltinSchema { group: rt.group, kind: rt.kind };
+    let schema = BuiltinSchema {
+        group: rt.group,
+        kind: rt.kind,
+    };
     let field_manager = rest::field_manager(&schema, rt, &api_version, &manager, sub);
     let run_apply = |live: Option<&Value>| -> ApiResult<Value> {
-        field_manager.apply(live, &applied, force).map_err(apply_error)
+        field_manager
+            .apply(live, &applied, force)
+            .map_err(apply_error)
     };
     ctx.applied = true;
     match rest.get(at).await {
@@ -409,9 +468,16 @@ async fn bind_pod(rest: &Rest, at: ObjectRef<'_>, binding: &Value) -> ApiResult<
         .to_string();
     rest.guaranteed_update(at, |current| {
         if object::is_deleting(current) {
-            return Err(ApiError::conflict(at.rt, at.name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict(
+                at.rt,
+                at.name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
-        if let Some(existing) = current["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        if let Some(existing) = current["spec"]["nodeName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+        {
             return Err(ApiError::conflict(
                 at.rt,
                 at.name,
@@ -426,7 +492,10 @@ async fn bind_pod(rest: &Rest, at: ObjectRef<'_>, binding: &Value) -> ApiResult<
             "lastProbeTime": null,
             "lastTransitionTime": object::format_time(jiff::Timestamp::now()),
         });
-        let conditions = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let conditions = new["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut conditions: Vec<Value> = conditions
             .into_iter()
             .filter(|c| c["type"] != "PodScheduled")
@@ -441,7 +510,12 @@ async fn bind_pod(rest: &Rest, at: ObjectRef<'_>, binding: &Value) -> ApiResult<
 
 fn success(code: StatusCode) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code.as_u16()});
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn respond_object(
@@ -456,7 +530,10 @@ fn respond_object(
     let body = match repr {
         Representation::Table if sub.is_none() => {
             let mut meta = Map::new();
-            meta.insert("resourceVersion".into(), json!(object::resource_version(obj)));
+            meta.insert(
+                "resourceVersion".into(),
+                json!(object::resource_version(obj)),
+            );
             list::to_bytes(&list::table(rt, std::iter::once(obj), meta, query, true))?
         }
         Representation::Metadata => list::to_bytes(&list::partial_metadata(obj))?,
@@ -468,7 +545,10 @@ fn respond_object(
 fn json_response(code: StatusCode, body: Bytes, ctx: &WriteContext) -> Response {
     let mut response = (code, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for warning in &ctx.warnings {
         let text = format!("299 - \"{}\"", warning.replace('"', "\\\""));
         if let Ok(value) = HeaderValue::from_str(&text) {

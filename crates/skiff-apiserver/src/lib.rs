@@ -67,7 +67,7 @@ pub enum ServeError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
     /// Listening failed.
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -103,9 +103,13 @@ pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<
         auth::Tokens(Arc::new(options.bearer_tokens)),
         auth::authenticate,
     ));
-    let listener = TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Listen { addr: options.listen, source })?;
+    let listener =
+        TcpListener::bind(options.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: options.listen,
+                source,
+            })?;
     tracing::info!(address = %options.listen, "API server listening");
     let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);
     let connections = TaskTracker::new();
@@ -133,14 +137,22 @@ pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<
                 }
             };
             let identity = auth::PeerIdentity {
-                verified_certificate: tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()),
+                verified_certificate: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty()),
             };
-            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(identity);
-                tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(identity);
+                    tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
+                },
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -164,6 +176,7 @@ pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<
 pub fn app(rest: Arc<Rest>) -> Router {
     Router::new()
         .route("/version", get(version))
+        .route("/version/", get(version))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
@@ -180,12 +193,18 @@ pub fn app(rest: Arc<Rest>) -> Router {
 }
 
 async fn resources(State(rest): State<Arc<Rest>>, request: Request) -> Response {
-    fn assert_send<T: Send>(t: T) -> T { t }
+    fn assert_send<T: Send>(t: T) -> T {
+        t
+    }
     assert_send(handlers::serve(rest, request)).await
 }
 
 fn json_bytes(body: Bytes, content_type: &'static str) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body)
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
         .into_response()
 }
 
@@ -220,8 +239,17 @@ fn go_arch() -> &'static str {
 
 async fn health(State(rest): State<Arc<Rest>>) -> Response {
     match rest.cache.sync().await {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ok").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store not ready: {e}")).into_response(),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "ok",
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not ready: {e}"),
+        )
+            .into_response(),
     }
 }
 
@@ -232,14 +260,19 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| {
             accept.split(',').any(|range| {
-                range.contains("as=APIGroupDiscoveryList") && range.contains("v=v2") && !range.contains("v=v2beta1")
+                range.contains("as=APIGroupDiscoveryList")
+                    && range.contains("v=v2")
+                    && !range.contains("v=v2beta1")
             })
         })
 }
 
 async fn core_discovery(State(rest): State<Arc<Rest>>, headers: HeaderMap) -> Response {
     if wants_aggregated(&headers) {
-        json_bytes(discovery::aggregated_core(), discovery::AGGREGATED_CONTENT_TYPE)
+        json_bytes(
+            discovery::aggregated_core(),
+            discovery::AGGREGATED_CONTENT_TYPE,
+        )
     } else {
         json_value(&discovery::core_versions(&rest.advertise().to_string()))
     }
@@ -247,7 +280,10 @@ async fn core_discovery(State(rest): State<Arc<Rest>>, headers: HeaderMap) -> Re
 
 async fn groups_discovery(headers: HeaderMap) -> Response {
     if wants_aggregated(&headers) {
-        json_bytes(discovery::aggregated_groups(), discovery::AGGREGATED_CONTENT_TYPE)
+        json_bytes(
+            discovery::aggregated_groups(),
+            discovery::AGGREGATED_CONTENT_TYPE,
+        )
     } else {
         json_bytes(discovery::group_list(), "application/json")
     }
@@ -274,14 +310,18 @@ fn resource_list(group: &str, version: &str) -> Response {
 /// `/openapi/v2` is JSON only: client-go asks for protobuf first and falls
 /// back to JSON on 406.
 async fn openapi_v2(headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let json_ok = accept.is_empty()
         || accept.split(',').any(|r| {
             let media = r.split(';').next().unwrap_or_default().trim();
             matches!(media, "application/json" | "*/*" | "application/*")
         });
     if !json_ok {
-        return ApiError::not_acceptable("only application/json is served for /openapi/v2").into_response();
+        return ApiError::not_acceptable("only application/json is served for /openapi/v2")
+            .into_response();
     }
     json_bytes(openapi::v2().json(), "application/json")
 }
@@ -301,9 +341,10 @@ async fn openapi_v3(Path(path): Path<String>, request: Request) -> Response {
         .is_some_and(|hash| hash == doc.hash());
     let mut response = json_bytes(doc.json(), "application/json");
     if pinned {
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, immutable"),
+        );
     }
     response
 }

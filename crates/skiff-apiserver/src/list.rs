@@ -59,10 +59,10 @@ impl Filter {
 
     /// True if the object passes both selectors.
     pub fn matches(&self, obj: &Value) -> bool {
-        if let Some(labels) = &self.labels {
-            if !labels.matches(&object::labels(obj)) {
-                return false;
-            }
+        if let Some(labels) = &self.labels
+            && !labels.matches(&object::labels(obj))
+        {
+            return false;
         }
         if let Some(fields) = &self.fields {
             let rt = self.rt;
@@ -84,7 +84,11 @@ struct ContinueToken {
 }
 
 fn encode_continue(rv: Revision, start: &str) -> String {
-    let token = serde_json::to_vec(&ContinueToken { rv, start: start.to_string() }).unwrap_or_default();
+    let token = serde_json::to_vec(&ContinueToken {
+        rv,
+        start: start.to_string(),
+    })
+    .unwrap_or_default();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
 }
 
@@ -129,8 +133,15 @@ pub async fn list(
             }
         }
         let (all, revision) = rest.cache.list(rt, namespace);
-        let items = all.into_iter().filter(|c| filter.matches(&c.object)).collect();
-        return Ok(Page { items, revision, continue_token: None });
+        let items = all
+            .into_iter()
+            .filter(|c| filter.matches(&c.object))
+            .collect();
+        return Ok(Page {
+            items,
+            revision,
+            continue_token: None,
+        });
     }
     let prefix = match namespace {
         Some(ns) if rt.namespaced() => format!("{}{ns}/", type_prefix(rt)),
@@ -140,7 +151,9 @@ pub async fn list(
     if let Some(token) = continue_token {
         let token = decode_continue(token)?;
         if !token.start.starts_with(&prefix) {
-            return Err(ApiError::bad_request("continue token does not match this list"));
+            return Err(ApiError::bad_request(
+                "continue token does not match this list",
+            ));
         }
         request.keys.start = token.start;
         request.revision = token.rv;
@@ -194,15 +207,20 @@ fn parse_rv(rv: &str) -> ApiResult<Revision> {
 
 fn cache_error(e: crate::cache::CacheError) -> ApiError {
     match e {
-        crate::cache::CacheError::Timeout(rev) => ApiError::timeout(format!(
-            "Too large resource version: {rev}, current: older"
-        )),
+        crate::cache::CacheError::Timeout(rev) => {
+            ApiError::timeout(format!("Too large resource version: {rev}, current: older"))
+        }
         other => ApiError::internal(other.to_string()),
     }
 }
 
 /// Renders a page in the representation the client asked for.
-pub fn render(rt: &ResourceType, page: &Page, repr: Representation, query: &Query) -> ApiResult<Bytes> {
+pub fn render(
+    rt: &ResourceType,
+    page: &Page,
+    repr: Representation,
+    query: &Query,
+) -> ApiResult<Bytes> {
     let mut meta = Map::new();
     meta.insert("resourceVersion".into(), json!(page.revision.to_string()));
     if let Some(token) = &page.continue_token {
@@ -214,7 +232,11 @@ pub fn render(rt: &ResourceType, page: &Page, repr: Representation, query: &Quer
             to_bytes(&table)
         }
         Representation::Metadata => {
-            let items: Vec<Value> = page.items.iter().map(|c| partial_metadata(&c.object)).collect();
+            let items: Vec<Value> = page
+                .items
+                .iter()
+                .map(|c| partial_metadata(&c.object))
+                .collect();
             to_bytes(&json!({
                 "kind": "PartialObjectMetadataList",
                 "apiVersion": "meta.k8s.io/v1",
@@ -224,7 +246,8 @@ pub fn render(rt: &ResourceType, page: &Page, repr: Representation, query: &Quer
         }
         Representation::Object => {
             // Assemble the list from each object's cached bytes.
-            let head = json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": meta});
+            let head =
+                json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": meta});
             let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
             let size = head.len() + page.items.iter().map(|c| c.json.len() + 1).sum::<usize>() + 16;
             let mut out = BytesMut::with_capacity(size);

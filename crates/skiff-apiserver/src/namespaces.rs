@@ -41,12 +41,25 @@ pub async fn ensure_built_in(rest: &Rest) -> ApiResult<()> {
 
 /// Starts deleting a namespace: it turns Terminating, and the drain task
 /// removes its content and then the namespace itself.
-pub async fn delete(rest: &Rest, name: &str, options: &DeleteOptions, dry_run: bool) -> ApiResult<Value> {
+pub async fn delete(
+    rest: &Rest,
+    name: &str,
+    options: &DeleteOptions,
+    dry_run: bool,
+) -> ApiResult<Value> {
     let rt = namespace_type();
     if UNDELETABLE.contains(&name) {
-        return Err(ApiError::forbidden(rt, name, "this namespace may not be deleted"));
+        return Err(ApiError::forbidden(
+            rt,
+            name,
+            "this namespace may not be deleted",
+        ));
     }
-    let at = ObjectRef { rt, namespace: None, name };
+    let at = ObjectRef {
+        rt,
+        namespace: None,
+        name,
+    };
     let current = rest.get(at).await?;
     if spec_finalizers(&current.object).is_empty() {
         return rest.delete(at, options, dry_run).await;
@@ -72,7 +85,10 @@ pub async fn delete(rest: &Rest, name: &str, options: &DeleteOptions, dry_run: b
 }
 
 fn spec_finalizers(ns: &Value) -> Vec<Value> {
-    ns["spec"]["finalizers"].as_array().cloned().unwrap_or_default()
+    ns["spec"]["finalizers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Drains terminating namespaces until `shutdown`.
@@ -105,7 +121,11 @@ async fn drain(rest: &Rest, name: &str) -> ApiResult<()> {
             if object::is_deleting(&item.object) {
                 continue;
             }
-            let at = ObjectRef { rt, namespace: Some(name), name: object::name(&item.object) };
+            let at = ObjectRef {
+                rt,
+                namespace: Some(name),
+                name: object::name(&item.object),
+            };
             match rest.delete(at, &DeleteOptions::default(), false).await {
                 Ok(_) => {}
                 Err(e) if e.reason == "NotFound" => {}
@@ -116,7 +136,11 @@ async fn drain(rest: &Rest, name: &str) -> ApiResult<()> {
     if remaining > 0 {
         return Ok(());
     }
-    let at = ObjectRef { rt: namespace_type(), namespace: None, name };
+    let at = ObjectRef {
+        rt: namespace_type(),
+        namespace: None,
+        name,
+    };
     rest.guaranteed_update(at, |ns| {
         let mut new = ns.clone();
         object::meta_mut(&mut new).remove("resourceVersion");

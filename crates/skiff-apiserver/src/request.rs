@@ -61,17 +61,16 @@ pub fn parse_path(path: &str) -> ApiResult<Option<Target>> {
         }
         [] => return Ok(None),
     };
-    if let Some(sub) = &target.subresource {
-        if target.rt.subresource(sub).is_none() {
-            return Err(ApiError::no_route(path));
-        }
+    if let Some(sub) = &target.subresource
+        && target.rt.subresource(sub).is_none()
+    {
+        return Err(ApiError::no_route(path));
     }
     Ok(Some(target))
 }
 
 fn is_namespace_subresource(segment: &str) -> bool {
-    registry::by_plural("", "v1", "namespaces")
-        .is_some_and(|rt| rt.subresource(segment).is_some())
+    registry::by_plural("", "v1", "namespaces").is_some_and(|rt| rt.subresource(segment).is_some())
 }
 
 fn split_tail(tail: &[&str], path: &str) -> ApiResult<(Option<String>, Option<String>)> {

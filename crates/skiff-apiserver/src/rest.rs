@@ -3,8 +3,8 @@
 //!
 //! Reads of single objects go to the store (always current); lists and watches
 //! come from the [`WatchCache`]. Every write is a compare-and-swap on the
-//! object's revision; writes without a client precondition retry on conflict,
-//! as upstream's GuaranteedUpdate does.
+//! object's revision; writes retry on conflict, and a client-pinned stale
+//! resourceVersion gets 409, as upstream's GuaranteedUpdate does.
 
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::request::FieldValidation;
 use crate::services;
 use crate::strategy;
 
-/// How many times a write without a client precondition retries on conflict.
+/// How many times a write retries on conflict.
 const MAX_RETRIES: usize = 16;
 
 /// Per-request write settings and the warnings to send back.
@@ -164,7 +164,11 @@ impl Rest {
         if rt.group == "batch" && rt.kind == "Job" {
             skiff_api::defaults::generate_job_selector(&mut obj);
         }
-        reject_invalid(rt, &name, skiff_api::validation::validate(rt.group, rt.kind, &obj, None))?;
+        reject_invalid(
+            rt,
+            &name,
+            skiff_api::validation::validate(rt.group, rt.kind, &obj, None),
+        )?;
         {
             let meta = object::meta_mut(&mut obj);
             meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -186,7 +190,10 @@ impl Rest {
         let _allocation = if services::is_service(rt) {
             let guard = self.allocation.lock().await;
             // The cache must hold every stored service before choosing.
-            self.cache.sync().await.map_err(|e| ApiError::timeout(e.to_string()))?;
+            self.cache
+                .sync()
+                .await
+                .map_err(|e| ApiError::timeout(e.to_string()))?;
             services::allocate(&self.cache, rt, &mut obj)?;
             Some(guard)
         } else {
@@ -206,7 +213,7 @@ impl Rest {
     }
 
     /// Reads, mutates and writes one object with compare-and-swap, retrying on
-    /// conflict unless `mutate` pinned a resourceVersion (then 409).
+    /// conflict; a mutation that pins a stale resourceVersion gets 409.
     /// `mutate` sees the current object and returns the new one; the new
     /// object's `metadata.resourceVersion`, if set, is the client's precondition.
     pub async fn guaranteed_update<F>(
@@ -244,14 +251,18 @@ impl Rest {
                     .await
                     .map(|(rev, _)| rev)
             } else {
-                self.store.update(&key, encode(&new)?, current.revision).await
+                self.store
+                    .update(&key, encode(&new)?, current.revision)
+                    .await
             };
             match result {
                 Ok(revision) => {
                     object::set_resource_version(&mut new, revision);
                     return Ok(new);
                 }
-                Err(StoreError::Conflict { .. }) if precondition.is_empty() => continue,
+                // Retry: the mutation runs again on the fresh object, and a
+                // pinned resourceVersion then fails the precondition with 409.
+                Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(target.rt, target.name, e)),
             }
         }
@@ -328,7 +339,9 @@ impl Rest {
                 return Err(ApiError::forbidden(
                     rt,
                     target.name,
-                    &format!("no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"),
+                    &format!(
+                        "no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                    ),
                 ));
             }
         }
@@ -346,7 +359,10 @@ impl Rest {
         if ctx.applied {
             return;
         }
-        let schema = BuiltinSchema { group: rt.group, kind: rt.kind };
+        let schema = BuiltinSchema {
+            group: rt.group,
+            kind: rt.kind,
+        };
         let api_version = rt.api_version();
         let manager = field_manager(&schema, rt, &api_version, &ctx.field_manager, subresource);
         if let Err(e) = manager.record_update(old, new) {
@@ -356,7 +372,12 @@ impl Rest {
     }
 
     /// Refuses writes into a namespace that is missing or terminating.
-    pub async fn check_namespace_open(&self, rt: &ResourceType, ns: &str, name: &str) -> ApiResult<()> {
+    pub async fn check_namespace_open(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+    ) -> ApiResult<()> {
         let ns_rt = registry::by_plural("", "v1", "namespaces").expect("namespaces are served");
         let kv = self
             .store
@@ -372,7 +393,9 @@ impl Rest {
             return Err(ApiError::forbidden(
                 rt,
                 name,
-                &format!("unable to create new content in namespace {ns} because it is being terminated"),
+                &format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
             ));
         }
         Ok(())
@@ -391,29 +414,29 @@ impl Rest {
         for _ in 0..MAX_RETRIES {
             let current = self.get(target).await?;
             let obj = &current.object;
-            if let Some(uid) = &options.precondition_uid {
-                if uid != object::uid(obj) {
-                    return Err(ApiError::conflict(
-                        rt,
-                        target.name,
-                        &format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                            object::uid(obj)
-                        ),
-                    ));
-                }
+            if let Some(uid) = &options.precondition_uid
+                && uid != object::uid(obj)
+            {
+                return Err(ApiError::conflict(
+                    rt,
+                    target.name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        object::uid(obj)
+                    ),
+                ));
             }
-            if let Some(rv) = &options.precondition_rv {
-                if *rv != current.revision.to_string() {
-                    return Err(ApiError::conflict(
-                        rt,
-                        target.name,
-                        &format!(
-                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                            current.revision
-                        ),
-                    ));
-                }
+            if let Some(rv) = &options.precondition_rv
+                && *rv != current.revision.to_string()
+            {
+                return Err(ApiError::conflict(
+                    rt,
+                    target.name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.revision
+                    ),
+                ));
             }
             let grace = graceful_seconds(rt, obj, options);
             let mut finalizers = object::finalizers(obj);
@@ -450,7 +473,10 @@ impl Rest {
             {
                 let meta = object::meta_mut(&mut marked);
                 if !meta.contains_key("deletionTimestamp") {
-                    meta.insert("deletionTimestamp".into(), json!(object::format_time(deadline)));
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(object::format_time(deadline)),
+                    );
                 }
                 meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
                 meta.remove("resourceVersion");
@@ -458,7 +484,11 @@ impl Rest {
             if dry_run {
                 return Ok(marked);
             }
-            match self.store.update(&key, encode(&marked)?, current.revision).await {
+            match self
+                .store
+                .update(&key, encode(&marked)?, current.revision)
+                .await
+            {
                 Ok(revision) => {
                     object::set_resource_version(&mut marked, revision);
                     return Ok(marked);
@@ -467,7 +497,11 @@ impl Rest {
                 Err(e) => return Err(ApiError::from_store(rt, target.name, e)),
             }
         }
-        Err(ApiError::conflict(rt, target.name, "too many concurrent writers; please retry"))
+        Err(ApiError::conflict(
+            rt,
+            target.name,
+            "too many concurrent writers; please retry",
+        ))
     }
 
     /// The address clients reach this server at.
@@ -504,18 +538,24 @@ pub fn field_manager<'a>(
         _ => &[],
     };
     for field in reset {
-        fm.ignored.insert(&[PathElement::Field((*field).to_string())]);
+        fm.ignored
+            .insert(&[PathElement::Field((*field).to_string())]);
     }
     fm
 }
 
 /// Seconds of grace for deleting `obj`: only pods bound to a node get any.
 fn graceful_seconds(rt: &ResourceType, obj: &Value, options: &DeleteOptions) -> i64 {
-    if rt.group != "" || rt.kind != "Pod" {
+    if !rt.group.is_empty() || rt.kind != "Pod" {
         return 0;
     }
-    let bound = obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
-    let finished = matches!(obj["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let bound = obj["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        obj["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
     if !bound || finished {
         return 0;
     }
@@ -615,17 +655,20 @@ fn normalize(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult
     let normalized = (rt.codec)(obj.clone()).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
-            rt.kind,
-            rt.version,
-            rt.kind
+            rt.kind, rt.version, rt.kind
         ))
     })?;
     let mut unknown = Vec::new();
     unknown_fields(&obj, &normalized, "", &mut unknown);
+    let mut normalized = normalized;
+    prune_added(&obj, &mut normalized, true);
     if !unknown.is_empty() {
         match ctx.field_validation {
             FieldValidation::Strict => {
-                let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
                 let message = format!(
                     "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
                     rt.kind,
@@ -636,7 +679,8 @@ fn normalize(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult
                 return Err(ApiError::bad_request(message));
             }
             FieldValidation::Warn => {
-                ctx.warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+                ctx.warnings
+                    .extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
             }
             FieldValidation::Ignore => {}
         }
@@ -644,12 +688,41 @@ fn normalize(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult
     Ok(normalized)
 }
 
+/// Removes what the typed round trip added: k8s-openapi fills required fields
+/// the client left out (`selector: {}`, `containers: []`), where upstream
+/// keeps them absent so that validation reports them as required.
+fn prune_added(input: &Value, normalized: &mut Value, root: bool) {
+    match (input, normalized) {
+        (Value::Object(a), Value::Object(b)) => {
+            b.retain(|key, _| {
+                a.contains_key(key)
+                    || (root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata"))
+            });
+            for (key, value) in b.iter_mut() {
+                if let Some(original) = a.get(key) {
+                    prune_added(original, value, false);
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (original, value) in a.iter().zip(b.iter_mut()) {
+                prune_added(original, value, false);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Paths present (and non-null) in `input` but absent from `normalized`.
 fn unknown_fields(input: &Value, normalized: &Value, path: &str, out: &mut Vec<String>) {
     match (input, normalized) {
         (Value::Object(a), Value::Object(b)) => {
             for (key, value) in a {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 match b.get(key) {
                     None if !value.is_null() => out.push(child),
                     None => {}
@@ -700,10 +773,24 @@ mod tests {
     fn unknown_fields_are_found_by_path() {
         let input = json!({"spec": {"replicas": 1, "bogus": true, "template": {"x": null},
             "containers": [{"name": "a", "nope": 1}]}});
-        let normalized = json!({"spec": {"replicas": 1, "template": {}, "containers": [{"name": "a"}]}});
+        let normalized =
+            json!({"spec": {"replicas": 1, "template": {}, "containers": [{"name": "a"}]}});
         let mut out = Vec::new();
         unknown_fields(&input, &normalized, "", &mut out);
         assert_eq!(out, vec!["spec.bogus", "spec.containers[0].nope"]);
+    }
+
+    #[test]
+    fn typed_fill_ins_are_pruned() {
+        let input = json!({"spec": {"template": {}, "ports": [{"port": 80}]}});
+        let mut normalized = json!({"apiVersion": "v1", "kind": "X", "metadata": {},
+            "spec": {"selector": {}, "template": {}, "ports": [{"port": 80, "name": ""}]}});
+        prune_added(&input, &mut normalized, true);
+        assert_eq!(
+            normalized,
+            json!({"apiVersion": "v1", "kind": "X", "metadata": {},
+            "spec": {"template": {}, "ports": [{"port": 80}]}})
+        );
     }
 
     #[test]

@@ -37,9 +37,8 @@ pub fn allocate(cache: &WatchCache, rt: &ResourceType, service: &mut Value) -> A
             .iter()
             .filter_map(|s| s.object["spec"]["clusterIP"].as_str()?.parse().ok())
             .collect();
-        let ip = free_ip(&used).ok_or_else(|| {
-            ApiError::internal("failed to allocate a serviceIP: range is full")
-        })?;
+        let ip = free_ip(&used)
+            .ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?;
         spec["clusterIP"] = json!(ip.to_string());
         spec["clusterIPs"] = json!([ip.to_string()]);
     } else if spec["clusterIPs"].as_array().is_none_or(|a| a.is_empty()) {
@@ -57,9 +56,12 @@ pub fn allocate(cache: &WatchCache, rt: &ResourceType, service: &mut Value) -> A
                 if port["nodePort"].as_i64().is_some_and(|p| p != 0) {
                     continue;
                 }
-                let free = NODE_PORTS.clone().find(|p| !used.contains(p)).ok_or_else(|| {
-                    ApiError::internal("failed to allocate a nodePort: range is full")
-                })?;
+                let free = NODE_PORTS
+                    .clone()
+                    .find(|p| !used.contains(p))
+                    .ok_or_else(|| {
+                        ApiError::internal("failed to allocate a nodePort: range is full")
+                    })?;
                 used.insert(free);
                 port["nodePort"] = json!(free);
             }

@@ -22,7 +22,10 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
         }
         ("", "Pod") => {
             let qos = qos_class(&Value::Object(root.clone()));
-            root.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+            root.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": qos}),
+            );
         }
         ("", "PersistentVolume") | ("", "PersistentVolumeClaim") => {
             root.insert("status".into(), json!({"phase": "Pending"}));
@@ -55,8 +58,12 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
     let old_meta = object::meta(old).cloned().unwrap_or_default();
     if subresource == Some("status") {
         let status = new.get("status").cloned();
-        let managed = object::meta(new).and_then(|m| m.get("managedFields")).cloned();
-        let rv = object::meta(new).and_then(|m| m.get("resourceVersion")).cloned();
+        let managed = object::meta(new)
+            .and_then(|m| m.get("managedFields"))
+            .cloned();
+        let rv = object::meta(new)
+            .and_then(|m| m.get("resourceVersion"))
+            .cloned();
         *new = old.clone();
         match status {
             Some(status) => new["status"] = status,
@@ -106,7 +113,10 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         }
     }
     if rt.has_status && spec_changed(new, old) {
-        let generation = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
+        let generation = old_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         object::meta_mut(new).insert("generation".into(), json!(generation + 1));
     }
 }
@@ -126,7 +136,9 @@ pub fn ready_to_remove(rt: &ResourceType, obj: &Value) -> bool {
     }
     !(rt.group.is_empty()
         && rt.kind == "Namespace"
-        && obj["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()))
+        && obj["spec"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()))
 }
 
 /// True if anything outside metadata and status differs.
@@ -186,7 +198,13 @@ pub fn scale_of(rt: &ResourceType, obj: &Value) -> ApiResult<Value> {
     }
     let meta = object::meta(obj).cloned().unwrap_or_default();
     let mut scale_meta = Map::new();
-    for key in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for key in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(v) = meta.get(key) {
             scale_meta.insert(key.into(), v.clone());
         }
@@ -227,13 +245,21 @@ pub fn selector_string(selector: &Value) -> String {
         return String::new();
     };
     let structured = map.contains_key("matchLabels") || map.contains_key("matchExpressions");
-    let labels = if structured { selector["matchLabels"].as_object() } else { Some(map) };
+    let labels = if structured {
+        selector["matchLabels"].as_object()
+    } else {
+        Some(map)
+    };
     let mut parts: Vec<String> = labels
         .into_iter()
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
         .collect();
-    for expr in selector["matchExpressions"].as_array().into_iter().flatten() {
+    for expr in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let key = expr["key"].as_str().unwrap_or_default();
         let values: Vec<&str> = expr["values"]
             .as_array()

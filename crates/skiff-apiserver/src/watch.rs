@@ -58,13 +58,13 @@ impl WatchRequest {
         representation: Representation,
         query: Query,
     ) -> ApiResult<WatchRequest> {
-        let resource_version = match query.resource_version.as_deref() {
-            None | Some("") | Some("0") => None,
-            Some(rv) => Some(
-                rv.parse::<Revision>()
-                    .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
-            ),
-        };
+        let resource_version =
+            match query.resource_version.as_deref() {
+                None | Some("") | Some("0") => None,
+                Some(rv) => Some(rv.parse::<Revision>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {rv}"))
+                })?),
+            };
         let initial_events = Query::flag(&query.send_initial_events, "sendInitialEvents")?;
         if initial_events && query.resource_version_match.as_deref() != Some("NotOlderThan") {
             return Err(ApiError::bad_request(
@@ -99,7 +99,14 @@ pub async fn watch(
     tokio::spawn(async move {
         let timeout = request.timeout;
         let after = request.resource_version.unwrap_or(0);
-        let run = Watcher { rest, request, tx, headers_sent: false, after }.run(source);
+        let run = Watcher {
+            rest,
+            request,
+            tx,
+            headers_sent: false,
+            after,
+        }
+        .run(source);
         match timeout {
             Some(t) => {
                 let _ = tokio::time::timeout(t, run).await;
@@ -146,9 +153,12 @@ async fn open(rest: &Rest, request: &WatchRequest) -> ApiResult<Source> {
         Err(CacheError::TooOld { .. }) => {
             match rest.store().watch(&type_prefix(request.rt), from + 1).await {
                 Ok(stream) => Ok(Source::Store(stream)),
-                Err(StoreError::Compacted { requested, compacted }) => Ok(Source::Expired(
-                    ApiError::expired(format!("too old resource version: {requested} ({compacted})")),
-                )),
+                Err(StoreError::Compacted {
+                    requested,
+                    compacted,
+                }) => Ok(Source::Expired(ApiError::expired(format!(
+                    "too old resource version: {requested} ({compacted})"
+                )))),
                 Err(e) => Err(ApiError::internal(e.to_string())),
             }
         }
@@ -173,7 +183,12 @@ impl Watcher {
                 let _ = self.tx.send(line).await;
             }
             Source::Store(stream) => self.run_store(stream).await,
-            Source::Cache { snapshot, backlog, revision, live } => {
+            Source::Cache {
+                snapshot,
+                backlog,
+                revision,
+                live,
+            } => {
                 self.after = self.after.max(revision);
                 self.run_cache(snapshot, backlog, revision, live).await
             }
@@ -188,16 +203,18 @@ impl Watcher {
         mut live: broadcast::Receiver<Arc<CacheEvent>>,
     ) {
         for object in snapshot {
-            if self.in_scope(&object.key) && self.request.filter.matches(&object.object) {
-                if !self.send("ADDED", &object).await {
-                    return;
-                }
-            }
-        }
-        if self.request.initial_events && self.request.bookmarks {
-            if !self.bookmark(revision, true).await {
+            if self.in_scope(&object.key)
+                && self.request.filter.matches(&object.object)
+                && !self.send("ADDED", &object).await
+            {
                 return;
             }
+        }
+        if self.request.initial_events
+            && self.request.bookmarks
+            && !self.bookmark(revision, true).await
+        {
+            return;
         }
         for event in backlog {
             if !self.deliver(&event).await {
@@ -250,7 +267,10 @@ impl Watcher {
                 tracing::error!(kind = rt.kind, key = %event.kv.key, "undecodable object in watch");
                 continue;
             };
-            let prev = event.prev.as_ref().and_then(|p| decode(p, p.mod_revision).ok());
+            let prev = event
+                .prev
+                .as_ref()
+                .and_then(|p| decode(p, p.mod_revision).ok());
             let change = CacheEvent {
                 revision: event.kv.mod_revision,
                 kind: event.kind,
@@ -281,7 +301,10 @@ impl Watcher {
         }
         let filter = &self.request.filter;
         let now = filter.matches(&event.object.object);
-        let before = event.prev.as_ref().is_some_and(|p| filter.matches(&p.object));
+        let before = event
+            .prev
+            .as_ref()
+            .is_some_and(|p| filter.matches(&p.object));
         let kind = match event.kind {
             EventKind::Delete if before || now => "DELETED",
             EventKind::Delete => return true,
@@ -322,7 +345,8 @@ impl Watcher {
         if initial_events_end {
             metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let object: Value = json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": metadata});
+        let object: Value =
+            json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": metadata});
         let line = event_line("BOOKMARK", &serde_json::to_vec(&object).unwrap_or_default());
         self.tx.send(line).await.is_ok()
     }

@@ -22,17 +22,28 @@ impl Api {
     async fn new() -> Api {
         let shutdown = CancellationToken::new();
         let store = Arc::new(MemoryStore::new().expect("memory store"));
-        let rest = skiff_apiserver::start(store, "127.0.0.1:6443".parse().unwrap(), shutdown.clone())
-            .await
-            .expect("api starts");
+        let rest =
+            skiff_apiserver::start(store, "127.0.0.1:6443".parse().unwrap(), shutdown.clone())
+                .await
+                .expect("api starts");
         Api {
             router: skiff_apiserver::app(rest),
             _shutdown: shutdown.drop_guard(),
         }
     }
 
-    async fn call(&self, method: &str, uri: &str, content_type: &str, body: Value) -> (StatusCode, Value) {
-        let body = if body.is_null() { Body::empty() } else { Body::from(body.to_string()) };
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        };
         let request = Request::builder()
             .method(method)
             .uri(uri)
@@ -67,7 +78,10 @@ async fn create_get_and_conflict() {
     let api = Api::new().await;
     let (status, created) = api.post(CM, configmap("a", json!({}))).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!created["metadata"]["uid"].as_str().unwrap().is_empty());
     assert!(created["metadata"]["creationTimestamp"].is_string());
 
@@ -83,10 +97,19 @@ async fn create_get_and_conflict() {
     // A write with a stale resourceVersion is refused; a current one succeeds.
     let mut update = got.clone();
     update["data"]["k"] = json!("v2");
-    let (status, updated) = api.call("PUT", &format!("{CM}/a"), "application/json", update.clone()).await;
+    let (status, updated) = api
+        .call(
+            "PUT",
+            &format!("{CM}/a"),
+            "application/json",
+            update.clone(),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_ne!(updated["metadata"]["resourceVersion"], rv.as_str());
-    let (status, stale) = api.call("PUT", &format!("{CM}/a"), "application/json", update).await;
+    let (status, stale) = api
+        .call("PUT", &format!("{CM}/a"), "application/json", update)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(stale["reason"], "Conflict");
 }
@@ -94,7 +117,9 @@ async fn create_get_and_conflict() {
 #[tokio::test]
 async fn bad_input_gets_status_errors() {
     let api = Api::new().await;
-    let (status, err) = api.call("POST", CM, "application/json", json!("not an object")).await;
+    let (status, err) = api
+        .call("POST", CM, "application/json", json!("not an object"))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     let request = Request::builder()
         .method("POST")
@@ -105,7 +130,9 @@ async fn bad_input_gets_status_errors() {
     let response = api.router.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
-    let (status, err) = api.call("POST", CM, "text/csv", configmap("b", json!({}))).await;
+    let (status, err) = api
+        .call("POST", CM, "text/csv", configmap("b", json!({})))
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{err}");
 
     let (status, err) = api.post(CM, configmap("Not_Valid", json!({}))).await;
@@ -114,13 +141,28 @@ async fn bad_input_gets_status_errors() {
     assert_eq!(err["details"]["causes"][0]["field"], "metadata.name");
 
     let huge = "x".repeat(4 * 1024 * 1024);
-    let (status, err) = api.post(CM, json!({"metadata": {"name": "big"}, "data": {"k": huge}})).await;
+    let (status, err) = api
+        .post(
+            CM,
+            json!({"metadata": {"name": "big"}, "data": {"k": huge}}),
+        )
+        .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
 
-    let (status, _) = api.post("/api/v1/namespaces/default/widgets", configmap("w", json!({}))).await;
+    let (status, _) = api
+        .post(
+            "/api/v1/namespaces/default/widgets",
+            configmap("w", json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, err) = api.post("/api/v1/namespaces/nope/configmaps", configmap("c", json!({}))).await;
+    let (status, err) = api
+        .post(
+            "/api/v1/namespaces/nope/configmaps",
+            configmap("c", json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
 
     let strict = format!("{CM}?fieldValidation=Strict");
@@ -128,8 +170,16 @@ async fn bad_input_gets_status_errors() {
     unknown["bogus"] = json!(1);
     let (status, err) = api.post(&strict, unknown.clone()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
-    assert!(err["message"].as_str().unwrap().contains("unknown field \"bogus\""), "{err}");
-    let (status, _) = api.post(&format!("{CM}?fieldValidation=Ignore"), unknown).await;
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"bogus\""),
+        "{err}"
+    );
+    let (status, _) = api
+        .post(&format!("{CM}?fieldValidation=Ignore"), unknown)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
@@ -141,21 +191,32 @@ async fn lists_filter_and_paginate() {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
     let names = |list: &Value| -> Vec<String> {
-        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     };
     let (_, list) = api.get(&format!("{CM}?labelSelector=tier%3Dweb")).await;
     assert_eq!(names(&list), ["p1", "p3"]);
     assert_eq!(list["kind"], "ConfigMapList");
-    let (_, list) = api.get(&format!("{CM}?labelSelector=tier%20notin%20(web,db)")).await;
+    let (_, list) = api
+        .get(&format!("{CM}?labelSelector=tier%20notin%20(web,db)"))
+        .await;
     assert_eq!(names(&list), ["p4"]);
-    let (_, list) = api.get(&format!("{CM}?fieldSelector=metadata.name%3Dp2")).await;
+    let (_, list) = api
+        .get(&format!("{CM}?fieldSelector=metadata.name%3Dp2"))
+        .await;
     assert_eq!(names(&list), ["p2"]);
     let (status, _) = api.get(&format!("{CM}?fieldSelector=spec.nope%3Dx")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     let (_, page1) = api.get(&format!("{CM}?limit=3")).await;
     assert_eq!(names(&page1), ["p1", "p2", "p3"]);
-    let token = page1["metadata"]["continue"].as_str().expect("continue token");
+    let token = page1["metadata"]["continue"]
+        .as_str()
+        .expect("continue token");
     let (_, page2) = api.get(&format!("{CM}?limit=3&continue={token}")).await;
     assert_eq!(names(&page2), ["p4"]);
     assert!(page2["metadata"].get("continue").is_none());
@@ -167,7 +228,12 @@ async fn patches_of_every_type() {
     api.post(CM, configmap("pt", json!({"a": "1"}))).await;
     let uri = format!("{CM}/pt");
     let (status, body) = api
-        .call("PATCH", &uri, "application/merge-patch+json", json!({"data": {"m": "merge"}}))
+        .call(
+            "PATCH",
+            &uri,
+            "application/merge-patch+json",
+            json!({"data": {"m": "merge"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["m"], "merge");
@@ -198,7 +264,10 @@ async fn patches_of_every_type() {
 async fn watch_sees_changes_in_order() {
     let api = Api::new().await;
     let (_, created) = api.post(CM, configmap("w1", json!({}))).await;
-    let rv = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let request = Request::builder()
         .uri(format!("{CM}?watch=true&resourceVersion={rv}"))
         .body(Body::empty())
@@ -207,7 +276,13 @@ async fn watch_sees_changes_in_order() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = response.into_body().into_data_stream();
     api.post(CM, configmap("w2", json!({}))).await;
-    api.call("DELETE", &format!("{CM}/w1"), "application/json", Value::Null).await;
+    api.call(
+        "DELETE",
+        &format!("{CM}/w1"),
+        "application/json",
+        Value::Null,
+    )
+    .await;
     let mut seen = Vec::new();
     let mut buffer = Vec::new();
     while seen.len() < 2 {
@@ -222,29 +297,70 @@ async fn watch_sees_changes_in_order() {
             let event: Value = serde_json::from_slice(&line).unwrap();
             seen.push((
                 event["type"].as_str().unwrap().to_string(),
-                event["object"]["metadata"]["name"].as_str().unwrap().to_string(),
+                event["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             ));
         }
     }
-    assert_eq!(seen, [("ADDED".to_string(), "w2".to_string()), ("DELETED".to_string(), "w1".to_string())]);
+    assert_eq!(
+        seen,
+        [
+            ("ADDED".to_string(), "w2".to_string()),
+            ("DELETED".to_string(), "w1".to_string())
+        ]
+    );
 }
 
 #[tokio::test]
 async fn namespaces_exist_and_terminate() {
     let api = Api::new().await;
     let (_, list) = api.get("/api/v1/namespaces").await;
-    let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|n| n["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(names.contains(&ns), "{names:?}");
     }
-    let (status, _) = api.call("DELETE", "/api/v1/namespaces/default", "application/json", Value::Null).await;
+    let (status, _) = api
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/default",
+            "application/json",
+            Value::Null,
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    api.post("/api/v1/namespaces", json!({"metadata": {"name": "doomed"}})).await;
-    api.post("/api/v1/namespaces/doomed/configmaps", configmap("x", json!({}))).await;
-    let (status, ns) = api.call("DELETE", "/api/v1/namespaces/doomed", "application/json", Value::Null).await;
+    api.post(
+        "/api/v1/namespaces",
+        json!({"metadata": {"name": "doomed"}}),
+    )
+    .await;
+    api.post(
+        "/api/v1/namespaces/doomed/configmaps",
+        configmap("x", json!({})),
+    )
+    .await;
+    let (status, ns) = api
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/doomed",
+            "application/json",
+            Value::Null,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ns["status"]["phase"], "Terminating");
-    let (status, err) = api.post("/api/v1/namespaces/doomed/configmaps", configmap("y", json!({}))).await;
+    let (status, err) = api
+        .post(
+            "/api/v1/namespaces/doomed/configmaps",
+            configmap("y", json!({})),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     for _ in 0..50 {
         let (status, _) = api.get("/api/v1/namespaces/doomed").await;

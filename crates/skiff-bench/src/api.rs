@@ -139,19 +139,26 @@ async fn measure(server: &SkiffServer, settings: &Settings) -> anyhow::Result<()
         "max ms",
     ]);
     let mut memory = Table::new(["when", "VmRSS MiB", "VmHWM MiB"]);
-    memory.row([
-        "ready, empty store".to_string(),
-        format!("{:.1}", mib(ready_memory.rss_kib)),
-        format!("{:.1}", mib(ready_memory.peak_kib)),
-    ]);
+    memory_row(&mut memory, "ready, empty store", ready_memory);
+    let pid = server.pid();
     let mut checked = Checked::default();
+    let mut skipped = Vec::new();
     let mut stored = 0;
     for &size in &settings.sizes {
+        if let Some(reason) = too_big(pid, stored, size)? {
+            skipped.push(format!("{size} pods: skipped, {reason}"));
+            continue;
+        }
         eprintln!("filling the store to {size} pods");
         let fill = fill(&conns, stored, size).await?;
         let label = format!("{stored}→{size}");
         push(&mut results, &label, "create (fill)", clients, &fill);
         stored = size;
+        memory_row(
+            &mut memory,
+            &format!("{size} pods filled"),
+            Memory::of(pid)?,
+        );
         let size_label = size.to_string();
 
         for (c, ops) in [(1, settings.ops_single), (clients, settings.ops_concurrent)] {
@@ -180,10 +187,16 @@ async fn measure(server: &SkiffServer, settings: &Settings) -> anyhow::Result<()
                 c,
                 &summary,
             );
+            memory_row(
+                &mut memory,
+                &format!("{size} pods, after the {c}-client phases"),
+                Memory::of(pid)?,
+            );
         }
 
-        // Fewer runs of bigger lists, at least three.
-        let runs = (settings.list_runs * LIST_TARGET_PODS / size).max(3);
+        // Fewer runs of lists bigger than 10k pods, at least three.
+        let runs = (settings.list_runs * LIST_TARGET_PODS / size.max(1))
+            .clamp(3, settings.list_runs.max(3));
         for (format, accept) in [("JSON", JSON), ("Table", TABLE)] {
             eprintln!("{size} pods: {runs} full lists as {format}");
             let (summary, bytes) = full_lists(main, size, runs, accept).await?;
@@ -202,16 +215,18 @@ async fn measure(server: &SkiffServer, settings: &Settings) -> anyhow::Result<()
                 ms(summary.p99),
                 ms(summary.max),
             ]);
+            memory_row(
+                &mut memory,
+                &format!("{size} pods, after the {format} lists"),
+                Memory::of(pid)?,
+            );
         }
-        let now = Memory::of(server.pid())?;
-        memory.row([
-            format!("after the {size}-pod phases"),
-            format!("{:.1}", mib(now.rss_kib)),
-            format!("{:.1}", mib(now.peak_kib)),
-        ]);
     }
 
     println!("### Requests\n\n{results}");
+    for line in &skipped {
+        println!("- {line}\n");
+    }
     println!("### Full list of the filled namespace\n\n{lists}");
     println!("### Server memory\n\n{memory}");
     println!(
@@ -223,6 +238,35 @@ async fn measure(server: &SkiffServer, settings: &Settings) -> anyhow::Result<()
          already open on the same connection (0 when the event came first).\n"
     );
     Ok(())
+}
+
+fn memory_row(table: &mut Table, when: &str, memory: Memory) {
+    table.row([
+        when.to_string(),
+        format!("{:.1}", mib(memory.rss_kib)),
+        format!("{:.1}", mib(memory.peak_kib)),
+    ]);
+}
+
+/// Why growing the store from `stored` to `size` pods would risk running the
+/// machine out of memory, if it would: the server's RSS is projected to grow
+/// in proportion to the pods stored, and must fit in 80% of what is available.
+fn too_big(pid: u32, stored: usize, size: usize) -> anyhow::Result<Option<String>> {
+    if stored == 0 {
+        return Ok(None);
+    }
+    let rss = Memory::of(pid)?.rss_kib;
+    let projected = rss as f64 * size as f64 / stored as f64;
+    let available = sys::available_kib()? as f64 + rss as f64;
+    Ok((projected > 0.8 * available).then(|| {
+        format!(
+            "the server's RSS is {:.0} MiB with {stored} pods, projected {:.0} MiB with {size}, \
+             more than 80% of the {:.0} MiB available",
+            mib(rss),
+            projected / 1024.0,
+            available / 1024.0
+        )
+    }))
 }
 
 fn push(table: &mut Table, stored: &str, operation: &str, clients: usize, summary: &Summary) {

@@ -28,15 +28,9 @@ impl Memory {
 
     /// Parse the text of a `/proc/PID/status` file.
     fn parse(status: &str) -> Option<Memory> {
-        let field = |name: &str| {
-            status.lines().find_map(|line| {
-                let value = line.strip_prefix(name)?.strip_prefix(':')?;
-                value.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
-            })
-        };
         Some(Memory {
-            rss_kib: field("VmRSS")?,
-            peak_kib: field("VmHWM")?,
+            rss_kib: meminfo_field(status, "VmRSS")?,
+            peak_kib: meminfo_field(status, "VmHWM")?,
         })
     }
 }
@@ -50,6 +44,20 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Memory available to new allocations (`MemAvailable`), in KiB.
+pub fn available_kib() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    meminfo_field(&meminfo, "MemAvailable").context("no MemAvailable in /proc/meminfo")
+}
+
+/// A `Name:   123 kB` field of `/proc/meminfo`.
+fn meminfo_field(meminfo: &str, name: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
 }
 
 /// KiB as MiB with one decimal.
@@ -75,11 +83,8 @@ pub fn describe_machine(dir: &Path) -> String {
         .to_string();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let meminfo = read("/proc/meminfo");
-    let ram_gib = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0.0, |kib| kib as f64 / (1024.0 * 1024.0));
+    let ram_gib =
+        meminfo_field(&meminfo, "MemTotal").map_or(0.0, |kib| kib as f64 / (1024.0 * 1024.0));
     let kernel = read("/proc/sys/kernel/osrelease");
     let mount = std::fs::canonicalize(dir)
         .ok()
@@ -135,6 +140,9 @@ mod tests {
         );
         assert_eq!(Memory::parse("Name:\tzombie\n"), None);
         assert!((mib(21504) - 21.0).abs() < 1e-9);
+        let meminfo = "MemTotal:       24641748 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(meminfo_field(meminfo, "MemAvailable"), Some(20_000_000));
+        assert_eq!(meminfo_field(meminfo, "MemFree"), None);
     }
 
     #[test]

@@ -56,7 +56,9 @@ impl Converter {
         let Value::Object(object) = json else {
             return Err(mismatch("an object", json));
         };
-        let go_fields = go_types::go_json_fields(descriptor.full_name());
+        let go_fields = go_types::go_message(descriptor.full_name())
+            .fields
+            .as_slice();
         let mut message = DynamicMessage::new(descriptor.clone());
         for (name, value) in object {
             // Fields without a schema (including apiVersion and kind) cannot

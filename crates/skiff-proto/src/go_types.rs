@@ -57,24 +57,53 @@ pub(crate) enum GoJson {
     Rename(&'static str),
 }
 
-/// `(message, field number, JSON name or None for inline)`, from
-/// `go-json-fields.tsv`, validated against the descriptors by `build.rs`.
-const GO_JSON_FIELDS: &[(&str, u32, Option<&str>)] =
+/// One row of `go-json-fields.tsv`, as `build.rs` renders it.
+#[derive(Debug, Clone, Copy)]
+enum GoRow {
+    Inline,
+    Rename(&'static str),
+    /// `omitempty` on a non-pointer scalar, slice or map, or `omitzero` on a
+    /// time: Go leaves the field out of JSON when it holds its zero value.
+    OmitEmpty,
+}
+
+/// What the Go struct tags of one message say about its JSON form.
+#[derive(Debug, Default)]
+pub(crate) struct GoMessage {
+    /// Fields whose JSON form is not "proto name as the key", by number.
+    pub(crate) fields: Vec<(u32, GoJson)>,
+    /// Numbers of the fields that Go writes only when they are not zero
+    /// (`0`, `false`, `""`, empty list or map, zero time). Go clients put
+    /// every non-pointer field on the wire, so without this a decoded body
+    /// carries keys the API server's own JSON would never show.
+    pub(crate) omit_empty: Vec<u32>,
+}
+
+/// `(message, field number, row)` from `go-json-fields.tsv`, validated
+/// against the descriptors by `build.rs`.
+const GO_JSON_FIELDS: &[(&str, u32, GoRow)] =
     include!(concat!(env!("OUT_DIR"), "/go_json_fields.rs"));
 
-static GO_JSON_BY_MESSAGE: LazyLock<HashMap<&'static str, Vec<(u32, GoJson)>>> =
-    LazyLock::new(|| {
-        let mut by_message: HashMap<&str, Vec<(u32, GoJson)>> = HashMap::new();
-        for &(message, number, rename) in GO_JSON_FIELDS {
-            let go = rename.map_or(GoJson::Inline, GoJson::Rename);
-            by_message.entry(message).or_default().push((number, go));
+static GO_MESSAGES: LazyLock<HashMap<&'static str, GoMessage>> = LazyLock::new(|| {
+    let mut by_message: HashMap<&str, GoMessage> = HashMap::new();
+    for &(message, number, row) in GO_JSON_FIELDS {
+        let entry = by_message.entry(message).or_default();
+        match row {
+            GoRow::Inline => entry.fields.push((number, GoJson::Inline)),
+            GoRow::Rename(name) => entry.fields.push((number, GoJson::Rename(name))),
+            GoRow::OmitEmpty => entry.omit_empty.push(number),
         }
-        by_message
-    });
+    }
+    by_message
+});
 
-/// The fields of `message` whose JSON form is not "proto name as the key".
-pub(crate) fn go_json_fields(message: &str) -> &'static [(u32, GoJson)] {
-    GO_JSON_BY_MESSAGE.get(message).map_or(&[], Vec::as_slice)
+/// The Go JSON facts for the message named `message` (empty for most).
+pub(crate) fn go_message(message: &str) -> &'static GoMessage {
+    static NONE: GoMessage = GoMessage {
+        fields: Vec::new(),
+        omit_empty: Vec::new(),
+    };
+    GO_MESSAGES.get(message).unwrap_or(&NONE)
 }
 
 /// `2024-01-02T03:04:05Z`; `micros` adds six fraction digits, as MicroTime does.

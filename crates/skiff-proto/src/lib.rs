@@ -15,17 +15,21 @@
 //! (`Time`, `MicroTime`, `Duration`, `Quantity`, `IntOrString`,
 //! `RawExtension`, `FieldsV1` and the list wrappers such as `Verbs`) are
 //! mapped to their JSON shapes; every other field uses its proto field name
-//! as the JSON key, as go-to-protobuf derives one from the other. The few
-//! exceptions, embedded Go structs that JSON flattens (`Volume.volumeSource`,
-//! `Probe.handler`) and renamed keys (`uID` → `uid`), come from
-//! `go-json-fields.tsv`, extracted from the Go struct tags.
+//! as the JSON key, as go-to-protobuf derives one from the other. The
+//! exceptions come from `go-json-fields.tsv`, extracted from the Go struct
+//! tags: embedded Go structs that JSON flattens (`Volume.volumeSource`,
+//! `Probe.handler`), renamed keys (`uID` → `uid`), and fields that Go leaves
+//! out of JSON when they hold their zero value.
 //!
-//! Presence follows proto2: a field that is on the wire is emitted, even when
-//! it holds `false`, `0` or `""`, because Go pointer fields (`replicas: 0`,
-//! `automountServiceAccountToken: false`) depend on it. Go clients also write
-//! their non-pointer fields unconditionally, so decoded objects can carry zero
-//! values that the same client would have left out of a JSON body (`stdin:
-//! false`, `status: {}`); as in Go, a zero value there means "unset".
+//! Decoding yields the JSON the API server's Go structs would serialize. Go
+//! clients put every non-pointer field on the wire, zero or not, and a Go
+//! server then drops the zero ones tagged `omitempty` (`generateName: ""`,
+//! `stdin: false`, `minReadySeconds: 0`, empty lists and maps, and the zero
+//! `creationTimestamp`, tagged `omitzero`), so this crate
+//! drops them too. Pointer fields keep whatever value is present, because
+//! there `replicas: 0` or `automountServiceAccountToken: false` means
+//! something; fields without `omitempty` (`containerPort: 0`) and struct
+//! fields (`resources: {}`) are kept as well, as Go writes them.
 
 mod from_json;
 mod go_types;
@@ -272,7 +276,7 @@ mod tests {
                     "matchExpressions": [{"key": "tier", "operator": "In", "values": ["frontend"]}]
                 },
                 "template": {
-                    "metadata": {"creationTimestamp": null, "labels": {"app": "web"}},
+                    "metadata": {"labels": {"app": "web"}},
                     "spec": {
                         "containers": [{
                             "name": "nginx",
@@ -299,7 +303,6 @@ mod tests {
                                 "failureThreshold": 3
                             },
                             "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": false},
-                            "stdin": false,
                             "terminationMessagePath": "/dev/termination-log",
                             "imagePullPolicy": "IfNotPresent"
                         }],
@@ -324,7 +327,7 @@ mod tests {
             },
             "status": {
                 "observedGeneration": 3,
-                "replicas": 0,
+                "replicas": 1,
                 "conditions": [{
                     "type": "Available",
                     "status": "True",
@@ -469,6 +472,144 @@ mod tests {
         }));
     }
 
+    /// What a Go client puts on the wire, written as JSON: every non-pointer
+    /// field, zero or not. Decoding must give what the API server's JSON
+    /// would show, and that JSON must encode and decode to itself.
+    fn decodes_as_go_serializes(go_wire: &Value, expected: &Value) {
+        let body = encode_envelope(go_wire).expect("encodes");
+        let decoded = decode_envelope(&body).expect("decodes");
+        assert_eq!(&decoded.object, expected);
+        round_trip(expected.clone());
+    }
+
+    /// The zero values of ObjectMeta's non-pointer fields, as Go sends them.
+    fn go_object_meta(name: &str, labels: &Value) -> Value {
+        json!({
+            "name": name, "generateName": "", "namespace": "", "selfLink": "",
+            "uid": "", "resourceVersion": "", "generation": 0,
+            "creationTimestamp": null, "labels": labels, "annotations": {},
+            "ownerReferences": [], "finalizers": [], "managedFields": []
+        })
+    }
+
+    #[test]
+    fn go_client_deployment_drops_omitempty_zero_values() {
+        // `kubectl create deployment web --image=nginx --port=80 --replicas=0`,
+        // plus a few pointer fields set to their zero values.
+        let labels = json!({"app": "web"});
+        let go_wire = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": go_object_meta("web", &labels),
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels, "matchExpressions": []},
+                "template": {
+                    "metadata": go_object_meta("", &labels),
+                    "spec": {
+                        "volumes": [], "initContainers": [],
+                        "containers": [{
+                            "name": "nginx", "image": "nginx",
+                            "command": [], "args": [], "workingDir": "",
+                            "ports": [
+                                {"name": "", "hostPort": 0, "containerPort": 80,
+                                 "protocol": "", "hostIP": ""},
+                                {"name": "", "hostPort": 0, "containerPort": 0,
+                                 "protocol": "", "hostIP": ""}
+                            ],
+                            "envFrom": [], "env": [],
+                            "resources": {"limits": {}, "requests": {}, "claims": []},
+                            "volumeMounts": [],
+                            "securityContext": {"runAsUser": 0, "privileged": false},
+                            "terminationMessagePath": "", "terminationMessagePolicy": "",
+                            "imagePullPolicy": "", "stdin": false, "stdinOnce": false,
+                            "tty": false
+                        }],
+                        "restartPolicy": "",
+                        "terminationGracePeriodSeconds": 0,
+                        "dnsPolicy": "", "nodeSelector": {},
+                        "serviceAccountName": "", "serviceAccount": "",
+                        "automountServiceAccountToken": false,
+                        "nodeName": "", "hostNetwork": false, "hostPID": false,
+                        "hostIPC": false, "hostname": "", "subdomain": "",
+                        "schedulerName": "", "priorityClassName": "", "overhead": {}
+                    }
+                },
+                "strategy": {"type": ""},
+                "minReadySeconds": 0,
+                "paused": false
+            },
+            "status": {
+                "observedGeneration": 0, "replicas": 0, "updatedReplicas": 0,
+                "readyReplicas": 0, "availableReplicas": 0, "unavailableReplicas": 0,
+                "conditions": []
+            }
+        });
+        let expected = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "containers": [{
+                            "name": "nginx",
+                            "image": "nginx",
+                            "ports": [{"containerPort": 80}, {"containerPort": 0}],
+                            "resources": {},
+                            "securityContext": {"runAsUser": 0, "privileged": false}
+                        }],
+                        "terminationGracePeriodSeconds": 0,
+                        "automountServiceAccountToken": false
+                    }
+                },
+                "strategy": {}
+            },
+            "status": {}
+        });
+        decodes_as_go_serializes(&go_wire, &expected);
+    }
+
+    #[test]
+    fn go_client_secret_configmap_and_namespace_drop_zero_values() {
+        // `kubectl create secret generic creds --from-literal=k=v`
+        decodes_as_go_serializes(
+            &json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": go_object_meta("creds", &json!({})),
+                "data": {"k": "dg=="}, "stringData": {}, "type": ""
+            }),
+            &json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "creds"}, "data": {"k": "dg=="}}),
+        );
+        // `kubectl create configmap settings --from-literal=empty=`: values
+        // inside a map are data, not fields, and stay even when empty.
+        decodes_as_go_serializes(
+            &json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": go_object_meta("settings", &json!({})),
+                "immutable": false, "data": {"empty": ""}, "binaryData": {}
+            }),
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "settings"},
+                    "immutable": false, "data": {"empty": ""}}),
+        );
+        // `kubectl create namespace team-a`
+        decodes_as_go_serializes(
+            &json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": go_object_meta("team-a", &json!({})),
+                "spec": {"finalizers": []},
+                "status": {"phase": "", "conditions": []}
+            }),
+            &json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "team-a"}, "spec": {}, "status": {}}),
+        );
+    }
+
     #[test]
     fn delete_options_round_trip() {
         round_trip(json!({
@@ -498,11 +639,22 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}, "status": {}})
         );
 
-        // Container { name(1) = "" stdin(16) = false }: present zero values are kept.
+        // Container { name(1) = "" stdin(16) = false }: Go writes `name`
+        // always, and `stdin` (omitempty) only when true.
         let raw = vec![0x0a, 0x00, 0x80, 0x01, 0x00];
         let decoded = decode_envelope(&envelope("v1", "Container", raw)).expect("decodes");
-        assert_eq!(decoded.object["stdin"], json!(false));
-        assert_eq!(decoded.object["name"], json!(""));
+        assert_eq!(
+            decoded.object,
+            json!({"apiVersion": "v1", "kind": "Container", "name": ""})
+        );
+        // ... but a true `stdin` and a zero pointer field
+        // (terminationGracePeriodSeconds(4) = 0 in a PodSpec) are kept.
+        let raw = vec![0x80, 0x01, 0x01];
+        let decoded = decode_envelope(&envelope("v1", "Container", raw)).expect("decodes");
+        assert_eq!(decoded.object["stdin"], json!(true));
+        let raw = vec![0x20, 0x00];
+        let decoded = decode_envelope(&envelope("v1", "PodSpec", raw)).expect("decodes");
+        assert_eq!(decoded.object["terminationGracePeriodSeconds"], json!(0));
 
         // Volume { name(1) = "v" volumeSource(2) { emptyDir(2) {} } }: the
         // embedded Go struct is flattened into the volume.
@@ -513,10 +665,15 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Volume", "name": "v", "emptyDir": {}})
         );
 
-        // ObjectMeta { creationTimestamp(8) {} } is Go's zero time: null.
+        // An empty Time message is Go's zero time: `null`, which
+        // `omitzero` drops from ObjectMeta { creationTimestamp(8) {} } but
+        // PodCondition { lastProbeTime(3) {} } keeps.
         let raw = vec![0x42, 0x00];
         let decoded = decode_envelope(&envelope("v1", "ObjectMeta", raw)).expect("decodes");
-        assert_eq!(decoded.object["creationTimestamp"], Value::Null);
+        assert_eq!(decoded.object.get("creationTimestamp"), None);
+        let raw = vec![0x1a, 0x00];
+        let decoded = decode_envelope(&envelope("v1", "PodCondition", raw)).expect("decodes");
+        assert_eq!(decoded.object.get("lastProbeTime"), Some(&Value::Null));
     }
 
     #[test]

@@ -8,7 +8,8 @@ use serde_json::{Map, Number, Value};
 use crate::go_types::{self, GoJson, Special};
 use crate::{MAX_DEPTH, ProtoError};
 
-/// Adds the present fields of `message` to `object`, keyed by field name.
+/// Adds the present fields of `message` to `object`, keyed by field name,
+/// except those the Go types would leave out of JSON for being zero.
 pub(crate) fn fields_into(
     message: &DynamicMessage,
     object: &mut Map<String, Value>,
@@ -26,9 +27,10 @@ impl Converter {
         message: &DynamicMessage,
         object: &mut Map<String, Value>,
     ) -> Result<(), ProtoError> {
-        let go_fields = go_types::go_json_fields(message.descriptor().full_name());
+        let go_message = go_types::go_message(message.descriptor().full_name());
         for (field, value) in message.fields() {
-            let go = go_fields
+            let go = go_message
+                .fields
                 .iter()
                 .find(|(n, _)| *n == field.number())
                 .map(|(_, go)| *go);
@@ -44,6 +46,9 @@ impl Converter {
                     let json = self
                         .value(&field.kind(), value)
                         .map_err(|e| e.within(name))?;
+                    if is_zero(&json) && go_message.omit_empty.contains(&field.number()) {
+                        continue;
+                    }
                     object.insert(name.to_owned(), json);
                 }
             }
@@ -167,6 +172,20 @@ impl Converter {
                 _ => Value::Array(Vec::new()),
             },
         })
+    }
+}
+
+/// Whether `json` is the JSON form of a Go zero value that `omitempty` (or
+/// `omitzero`, for times) leaves out. `build.rs` only lets such fields be
+/// scalars, slices, maps or times, so an empty object here is an empty map.
+fn is_zero(json: &Value) -> bool {
+    match json {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        Value::Object(entries) => entries.is_empty(),
+        Value::Bool(true) => false,
     }
 }
 

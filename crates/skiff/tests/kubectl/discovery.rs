@@ -41,9 +41,17 @@ fn api_resources_lists_built_in_types() {
         ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
     );
     assert!(rows[0].contains(&"VERBS".to_string()), "{out}");
+    let verbs_at = rows[0]
+        .iter()
+        .position(|c| c == "VERBS")
+        .expect("VERBS column");
     let deployments = rows.iter().find(|r| r[0] == "deployments").expect(&out);
-    let verbs = deployments.iter().find(|c| c.starts_with('[')).expect(&out);
-    assert!(verbs.contains("create"), "{out}");
+    let verbs: Vec<&str> = deployments[verbs_at].split(',').collect();
+    for verb in [
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ] {
+        assert!(verbs.contains(&verb), "{verb} missing:\n{out}");
+    }
 }
 
 #[test]
