@@ -10,6 +10,7 @@
 //! in-process, which is the point of embedding it.
 
 use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use crate::run::{phase, timed};
 use crate::stats::{Summary, Table, ms, rate};
 use crate::sys::{self, Killed};
 
+/// Samples of the raw fsync probe.
+const FSYNC_SAMPLES: usize = 500;
 /// How long etcd may take to answer its first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -52,6 +55,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         .tempdir_in(&settings.dir)
         .with_context(|| format!("creating a directory in {}", settings.dir.display()))?;
     let version = etcd_version(&settings.etcd)?;
+    let disk = fsync_latency(scratch.path(), FSYNC_SAMPLES)?;
     let etcd = Etcd::start(&settings.etcd, scratch.path()).await?;
     let store = Arc::new(EmbeddedStore::open(&scratch.path().join("skiff.redb"))?);
     let value = pod::pod("bench", "etcd-bench-pod", 0);
@@ -60,6 +64,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     print!("{}", sys::describe_machine(&settings.dir));
     println!(
         "- etcd: {version}, default flags (WAL fsync before acknowledging), gRPC on 127.0.0.1"
+    );
+    println!(
+        "- disk: a 4 KiB append + fdatasync takes p50 {} ms, p99 {} ms ({} samples)",
+        ms(disk.p50),
+        ms(disk.p99),
+        disk.ops
     );
     println!(
         "- value: a pod JSON of {} bytes; one connection per etcd client; the embedded store in-process\n",
@@ -118,6 +128,25 @@ fn verdict(clients: usize, ratio: f64) -> String {
             "{clients} client(s): the embedded store is SLOWER than etcd, {ratio:.2}× its writes/s"
         )
     }
+}
+
+/// The latency of the disk's cheapest durable write: append 4 KiB to a file
+/// and `fdatasync` it. A single writer cannot beat one of these per write.
+fn fsync_latency(dir: &Path, samples: usize) -> anyhow::Result<Summary> {
+    let path = dir.join("fsync-probe");
+    let mut file = File::create(&path)?;
+    let block = [0x5a_u8; 4096];
+    let mut latencies = Vec::with_capacity(samples);
+    let start = Instant::now();
+    for _ in 0..samples {
+        let started = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        latencies.push(started.elapsed());
+    }
+    let summary = Summary::new(latencies, start.elapsed()).context("no fsync sample")?;
+    std::fs::remove_file(&path)?;
+    Ok(summary)
 }
 
 /// The first line of `etcd --version`.

@@ -87,7 +87,7 @@ struct ApiArgs {
     /// Operations of each concurrent phase.
     #[arg(long, default_value_t = 4000)]
     ops_concurrent: usize,
-    /// Runs of the full list (fewer for bigger stores, at least 3).
+    /// Runs of the full list, which is measured at --pods only.
     #[arg(long, default_value_t = 20)]
     list_runs: usize,
     /// Wall-time bound of each phase, in seconds.

@@ -43,12 +43,20 @@ pub struct TestCluster {
     port: u16,
     child: Option<Child>,
     namespaces: AtomicU32,
+    /// Extra `skiff server` flags, given on every (re)start.
+    extra_args: Vec<String>,
 }
 
 impl TestCluster {
     /// Start `skiff server` from the binary at `skiff_bin` and wait until it
     /// answers `/readyz`. Panics, with the server's log, if it does not.
     pub fn start(skiff_bin: impl Into<PathBuf>) -> TestCluster {
+        Self::start_with_args(skiff_bin, &[])
+    }
+
+    /// [`start`](Self::start) with extra `skiff server` flags, kept for restarts
+    /// (e.g. `--compaction-interval 1s`).
+    pub fn start_with_args(skiff_bin: impl Into<PathBuf>, extra_args: &[&str]) -> TestCluster {
         remove_stale_data_dirs();
         let data_dir = tempfile::Builder::new()
             .prefix(&format!("{DATA_DIR_PREFIX}{}-", std::process::id()))
@@ -60,6 +68,7 @@ impl TestCluster {
             port: 0,
             child: None,
             namespaces: AtomicU32::new(0),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         cluster.launch();
         cluster
@@ -219,6 +228,7 @@ impl TestCluster {
             .arg(self.data_dir())
             .args(["--bind-address", "127.0.0.1", "--https-port"])
             .arg(self.port.to_string())
+            .args(&self.extra_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
