@@ -110,7 +110,7 @@ async fn watch_from_a_revision_across_restart_and_compaction() {
         let change = ("MODIFIED".to_string(), next_value.to_string(), rv);
         assert_eq!(
             next_events(&mut stream, 1).await,
-            [change.clone()],
+            std::slice::from_ref(&change),
             "{round}"
         );
         expected.push(change);
