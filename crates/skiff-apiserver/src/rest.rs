@@ -159,16 +159,7 @@ impl Rest {
         }
         let mut obj = normalize(rt, obj, ctx)?;
         strategy::prepare_create(rt, &mut obj);
-        skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut obj);
-        skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
-        if rt.group == "batch" && rt.kind == "Job" {
-            skiff_api::defaults::generate_job_selector(&mut obj);
-        }
-        reject_invalid(
-            rt,
-            &name,
-            skiff_api::validation::validate(rt.group, rt.kind, &obj, None),
-        )?;
+        // The uid comes first: the Job strategy derives its selector from it.
         {
             let meta = object::meta_mut(&mut obj);
             meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -181,6 +172,16 @@ impl Rest {
             meta.remove("deletionGracePeriodSeconds");
             meta.remove("selfLink");
         }
+        skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut obj);
+        skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
+        if rt.group == "batch" && rt.kind == "Job" {
+            skiff_api::defaults::generate_job_selector(&mut obj);
+        }
+        reject_invalid(
+            rt,
+            &name,
+            skiff_api::validation::validate(rt.group, rt.kind, &obj, None),
+        )?;
         self.record_manager(rt, None, &mut obj, ctx, None);
         let target = ObjectRef {
             rt,

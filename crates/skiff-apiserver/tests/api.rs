@@ -371,3 +371,88 @@ async fn namespaces_exist_and_terminate() {
     }
     panic!("namespace was not removed");
 }
+
+#[tokio::test]
+async fn malformed_bodies_leave_stored_data_unchanged() {
+    let api = Api::new().await;
+    let (_, created) = api.post(CM, configmap("keep", json!({"a": "1"}))).await;
+    let uri = format!("{CM}/keep");
+    for (method, content_type, body) in [
+        ("PUT", "application/json", "{\"data\": "),
+        (
+            "PUT",
+            "application/vnd.kubernetes.protobuf",
+            "k8s\0\u{ff}\u{ff}garbage",
+        ),
+        ("PATCH", "application/merge-patch+json", "[1,"),
+        ("PATCH", "application/json-patch+json", "{\"op\": \"add\"}"),
+        ("PATCH", "application/strategic-merge-patch+json", "\"x\""),
+        ("PATCH", "application/apply-patch+yaml", "a: [b"),
+        ("POST", "application/vnd.kubernetes.protobuf", "k8s\0\u{1}"),
+    ] {
+        let target = if method == "POST" {
+            CM.to_string()
+        } else {
+            uri.clone()
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{target}?fieldManager=test"))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let response = api.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let error: Value = serde_json::from_slice(&bytes).expect("a Status body");
+        assert!(
+            status.is_client_error(),
+            "{method} {content_type}: {status} {error}"
+        );
+        assert_eq!(error["kind"], "Status", "{method} {content_type}");
+    }
+    let (_, after) = api.get(&uri).await;
+    assert_eq!(after, created);
+}
+
+#[tokio::test]
+async fn bound_pods_terminate_gracefully() {
+    let api = Api::new().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "node-a",
+        "terminationGracePeriodSeconds": 30, "containers": [{"name": "c", "image": "busybox"}]}});
+    let (status, body) = api.post(pods, pod).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"]["phase"], "Pending");
+    let (status, terminating) = api
+        .call(
+            "DELETE",
+            &format!("{pods}/p"),
+            "application/json",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        terminating["metadata"]["deletionTimestamp"].is_string(),
+        "{terminating}"
+    );
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    let (status, _) = api.get(&format!("{pods}/p")).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "still there while the node shuts it down"
+    );
+    let (status, _) = api
+        .call(
+            "DELETE",
+            &format!("{pods}/p?gracePeriodSeconds=0"),
+            "application/json",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api.get(&format!("{pods}/p")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

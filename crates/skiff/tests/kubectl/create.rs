@@ -192,3 +192,81 @@ fn edit_with_an_editor_script() {
         "fast"
     );
 }
+
+#[test]
+fn create_job_cronjob_services_and_pod() {
+    let c = cluster();
+    let ns = c.namespace("create-more");
+    let n = ns.name();
+    c.kubectl_ok(&[
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "-n",
+        n,
+        "--",
+        "echo",
+        "hi",
+    ]);
+    let job = get_json(&["get", "job", "once", "-n", n]);
+    // The Job strategy labels the template with the job's uid and selects on it.
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"]["job-name"],
+        "once"
+    );
+    assert_eq!(job["spec"]["backoffLimit"], 6);
+
+    c.kubectl_ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "-n",
+        n,
+        "--",
+        "date",
+    ]);
+    let cron = get_json(&["get", "cronjob", "tick", "-n", n]);
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Allow");
+
+    c.kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "--tcp=80:8080",
+        "-n",
+        n,
+    ]);
+    c.kubectl_ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "edge",
+        "--tcp=80:8080",
+        "-n",
+        n,
+    ]);
+    let web = get_json(&["get", "service", "web", "-n", n]);
+    let ip = web["spec"]["clusterIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.43."), "{ip}");
+    assert_eq!(web["spec"]["clusterIPs"][0], ip);
+    let edge = get_json(&["get", "service", "edge", "-n", n]);
+    let node_port = edge["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
+    assert_ne!(edge["spec"]["clusterIP"], web["spec"]["clusterIP"]);
+
+    c.kubectl_ok(&["run", "solo", "--image=busybox", "-n", n]);
+    let pod = get_json(&["get", "pod", "solo", "-n", n]);
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    let table = c.kubectl_ok(&["get", "pod", "solo", "-n", n]);
+    assert!(table.contains("solo   0/1     Pending"), "{table}");
+}
