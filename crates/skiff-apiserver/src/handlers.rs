@@ -98,7 +98,7 @@ async fn dispatch(
             let object = match sub {
                 None | Some("status") => current.object.clone(),
                 Some("scale") => strategy::scale_of(rt, &current.object)?,
-                Some(other) => return Err(node_agent_missing(other)),
+                Some(other) => return Err(unserved_subresource(rt, other)),
             };
             respond_object(StatusCode::OK, &object, rt, repr, &query, &ctx, sub)
         }
@@ -131,7 +131,7 @@ async fn dispatch(
                 .await?;
             Ok(success(StatusCode::CREATED))
         }
-        (Method::POST, Some(_), Some(other)) => Err(node_agent_missing(other)),
+        (Method::POST, Some(_), Some(other)) => Err(unserved_subresource(rt, other)),
         (Method::PUT, Some(name), sub) => {
             let obj = body::decode_object(content_type, &body)?;
             let at = ObjectRef {
@@ -198,10 +198,19 @@ async fn dispatch(
     }
 }
 
-fn node_agent_missing(subresource: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "the {subresource} subresource is served by the node agent, which is not running"
-    ))
+/// Subresources in discovery that this server does not serve yet: the
+/// streaming ones belong to the node agent, the rest are not implemented.
+fn unserved_subresource(rt: &skiff_api::registry::ResourceType, subresource: &str) -> ApiError {
+    match subresource {
+        "log" | "exec" | "attach" | "portforward" | "proxy" => ApiError::bad_request(format!(
+            "the {subresource} subresource of {} is served by the node agent, which is not running",
+            rt.plural
+        )),
+        other => ApiError::method_not_allowed(format!(
+            "the {other} subresource of {} is not supported by this server yet",
+            rt.plural
+        )),
+    }
 }
 
 fn write_context(headers: &HeaderMap, query: &Query) -> ApiResult<WriteContext> {
@@ -288,11 +297,9 @@ async fn update(
 
 fn check_subresource(at: ObjectRef<'_>, sub: Option<&str>) -> ApiResult<()> {
     match sub {
-        None | Some("status") => Ok(()),
-        Some(other) => Err(ApiError::method_not_allowed(format!(
-            "{other} of {} does not support this verb",
-            at.rt.plural
-        ))),
+        None => Ok(()),
+        Some(sub) if strategy::subresource_fields(sub).is_some() => Ok(()),
+        Some(other) => Err(unserved_subresource(at.rt, other)),
     }
 }
 

@@ -56,23 +56,18 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         "selfLink",
     ];
     let old_meta = object::meta(old).cloned().unwrap_or_default();
-    if subresource == Some("status") {
-        let status = new.get("status").cloned();
+    if let Some(paths) = subresource.and_then(subresource_fields) {
         let managed = object::meta(new)
             .and_then(|m| m.get("managedFields"))
             .cloned();
         let rv = object::meta(new)
             .and_then(|m| m.get("resourceVersion"))
             .cloned();
-        *new = old.clone();
-        match status {
-            Some(status) => new["status"] = status,
-            None => {
-                if let Some(root) = new.as_object_mut() {
-                    root.remove("status");
-                }
-            }
+        let mut result = old.clone();
+        for path in paths {
+            copy_path(new, &mut result, path);
         }
+        *new = result;
         let meta = object::meta_mut(new);
         match managed {
             Some(m) => meta.insert("managedFields".into(), m),
@@ -92,7 +87,7 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         };
     }
     // Namespace finalizers change only through the finalize subresource.
-    if rt.group.is_empty() && rt.kind == "Namespace" {
+    if rt.group.is_empty() && rt.kind == "Namespace" && subresource.is_none() {
         match old["spec"].get("finalizers") {
             Some(finalizers) => new["spec"]["finalizers"] = finalizers.clone(),
             None => {
@@ -118,6 +113,47 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
             .and_then(Value::as_i64)
             .unwrap_or(0);
         object::meta_mut(new).insert("generation".into(), json!(generation + 1));
+    }
+}
+
+/// The fields a write through `subresource` may change; everything else
+/// keeps its stored value (upstream's status and finalize strategies).
+pub fn subresource_fields(subresource: &str) -> Option<&'static [&'static [&'static str]]> {
+    match subresource {
+        "status" => Some(&[&["status"]]),
+        "finalize" => Some(&[&["spec", "finalizers"]]),
+        _ => None,
+    }
+}
+
+/// Copies the value at `path` from `from` into `to`, removing it from `to`
+/// when `from` lacks it.
+fn copy_path(from: &Value, to: &mut Value, path: &[&str]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let source = parents
+        .iter()
+        .try_fold(from, |v, p| v.get(*p))
+        .and_then(|v| v.get(*last));
+    let mut target = to;
+    for part in parents {
+        if !target.get(*part).is_some_and(Value::is_object) {
+            if source.is_none() {
+                return;
+            }
+            target[*part] = Value::Object(Map::new());
+        }
+        target = &mut target[*part];
+    }
+    match (source, target.as_object_mut()) {
+        (Some(value), Some(map)) => {
+            map.insert((*last).to_string(), value.clone());
+        }
+        (None, Some(map)) => {
+            map.remove(*last);
+        }
+        (_, None) => {}
     }
 }
 
@@ -279,6 +315,23 @@ pub fn selector_string(selector: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subresource_writes_touch_only_their_fields() {
+        let rt = skiff_api::registry::by_plural("", "v1", "namespaces").unwrap();
+        let old = json!({"metadata": {"name": "n", "labels": {"a": "1"}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Terminating"}});
+        let mut new = json!({"metadata": {"name": "n", "labels": {"a": "2"}},
+            "spec": {"finalizers": []}, "status": {"phase": "Active"}});
+        prepare_update(rt, Some("finalize"), &mut new, &old);
+        assert_eq!(new["spec"]["finalizers"], json!([]));
+        assert_eq!(new["status"]["phase"], "Terminating");
+        assert_eq!(new["metadata"]["labels"]["a"], "1");
+        let mut new = json!({"metadata": {"name": "n"}, "spec": {}, "status": {"phase": "Active"}});
+        prepare_update(rt, Some("status"), &mut new, &old);
+        assert_eq!(new["status"]["phase"], "Active");
+        assert_eq!(new["spec"]["finalizers"], json!(["kubernetes"]));
+    }
 
     #[test]
     fn qos_classes() {
