@@ -35,7 +35,8 @@ const FILL_PAGE: usize = 10_000;
 pub struct Cached {
     /// Store key.
     pub key: String,
-    /// The object with `metadata.resourceVersion` set.
+    /// The object with `metadata.resourceVersion` set (in the watch cache,
+    /// without `metadata.managedFields`: see [`Cached::decode_for_cache`]).
     pub object: Value,
     /// `object` serialized.
     pub json: Bytes,
@@ -47,6 +48,19 @@ impl Cached {
     /// Decodes a stored value and stamps its resourceVersion.
     pub fn from_kv(kv: &KeyValue) -> Result<Cached, serde_json::Error> {
         Self::decode(kv.key.clone(), &kv.value, kv.mod_revision)
+    }
+
+    /// [`decode`](Self::decode) for keeping: `object` drops
+    /// `metadata.managedFields` (still in `json`). No selector, printer or
+    /// owner lookup reads them, and they about double a decoded object's size.
+    pub fn decode_for_cache(
+        key: String,
+        value: &[u8],
+        revision: Revision,
+    ) -> Result<Cached, serde_json::Error> {
+        let mut cached = Self::decode(key, value, revision)?;
+        crate::object::meta_mut(&mut cached.object).remove("managedFields");
+        Ok(cached)
     }
 
     /// Decodes `value` and stamps `revision` as its resourceVersion.
@@ -207,7 +221,7 @@ impl WatchCache {
                 let Some(type_key) = key_type(&kv.key) else {
                     continue;
                 };
-                match Cached::from_kv(kv) {
+                match Cached::decode_for_cache(kv.key.clone(), &kv.value, kv.mod_revision) {
                     Ok(cached) => {
                         fresh
                             .entry(type_key)
@@ -282,7 +296,8 @@ impl WatchCache {
             self.revision.send_replace(revision);
             return;
         };
-        let object = match Cached::decode(event.kv.key.clone(), &event.kv.value, revision) {
+        let object = match Cached::decode_for_cache(event.kv.key.clone(), &event.kv.value, revision)
+        {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::error!(key = %event.kv.key, error = %e, "undecodable stored object skipped");

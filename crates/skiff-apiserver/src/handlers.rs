@@ -541,7 +541,11 @@ fn respond_object(
                 "resourceVersion".into(),
                 json!(object::resource_version(obj)),
             );
-            list::to_bytes(&list::table(rt, std::iter::once(obj), meta, query, true))?
+            let row = list::TableRow {
+                object: obj,
+                json: None,
+            };
+            list::table(rt, std::iter::once(row), meta, query, true)?
         }
         Representation::Metadata => list::to_bytes(&list::partial_metadata(obj))?,
         _ => list::to_bytes(obj)?,

@@ -227,10 +227,13 @@ pub fn render(
         meta.insert("continue".into(), json!(token));
     }
     match repr {
-        Representation::Table => {
-            let table = table(rt, page.items.iter().map(|c| &c.object), meta, query, true);
-            to_bytes(&table)
-        }
+        Representation::Table => table(
+            rt,
+            page.items.iter().map(|c| TableRow::from(c.as_ref())),
+            meta,
+            query,
+            true,
+        ),
         Representation::Metadata => {
             let items: Vec<Value> = page
                 .items
@@ -265,37 +268,36 @@ pub fn render(
     }
 }
 
-/// A `meta.k8s.io/v1` Table of `objects`.
+/// One object to print as a Table row, with its JSON if already encoded.
+pub struct TableRow<'a> {
+    /// The object.
+    pub object: &'a Value,
+    /// `object` serialized, when the caller has it (the watch cache does).
+    pub json: Option<&'a [u8]>,
+}
+
+impl<'a> From<&'a Cached> for TableRow<'a> {
+    fn from(cached: &'a Cached) -> Self {
+        TableRow {
+            object: &cached.object,
+            json: Some(&cached.json),
+        }
+    }
+}
+
+/// A `meta.k8s.io/v1` Table of `rows`, assembled as bytes: each row's object
+/// is the cached JSON (or its metadata), never a copy of the object tree.
 pub fn table<'a>(
     rt: &ResourceType,
-    objects: impl Iterator<Item = &'a Value>,
+    rows: impl Iterator<Item = TableRow<'a>>,
     meta: Map<String, Value>,
     query: &Query,
     headers: bool,
-) -> Value {
+) -> ApiResult<Bytes> {
     let now = jiff::Timestamp::now();
     let include = query.include_object.as_deref().unwrap_or("Metadata");
-    let rows: Vec<Value> = objects
-        .map(|obj| {
-            let mut row = json!({"cells": (rt.row)(obj, now)});
-            match include {
-                "Object" => row["object"] = obj.clone(),
-                "None" => {}
-                _ => row["object"] = partial_metadata(obj),
-            }
-            row
-        })
-        .collect();
-    let mut table = json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": meta,
-        "columnDefinitions": [],
-        "rows": rows,
-    });
-    if headers {
-        table["columnDefinitions"] = rt
-            .columns
+    let columns: Vec<Value> = if headers {
+        rt.columns
             .iter()
             .map(|c| {
                 json!({
@@ -306,9 +308,49 @@ pub fn table<'a>(
                     "priority": c.priority,
                 })
             })
-            .collect();
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let head = json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": columns,
+    });
+    let encode = |v: &Value| serde_json::to_vec(v).map_err(|e| ApiError::internal(e.to_string()));
+    let head = encode(&head)?;
+    let mut out = BytesMut::with_capacity(head.len() + 64);
+    out.put_slice(&head[..head.len() - 1]);
+    out.put_slice(b",\"rows\":[");
+    for (i, row) in rows.enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(b"{\"cells\":");
+        out.put_slice(&encode(&Value::Array((rt.row)(row.object, now)))?);
+        match include {
+            "None" => {}
+            "Object" => {
+                out.put_slice(b",\"object\":");
+                match row.json {
+                    Some(json) => out.put_slice(json),
+                    None => out.put_slice(&encode(row.object)?),
+                }
+            }
+            _ => {
+                out.put_slice(b",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":");
+                match row.object.get("metadata") {
+                    Some(metadata) => out.put_slice(&encode(metadata)?),
+                    None => out.put_slice(b"{}"),
+                }
+                out.put_u8(b'}');
+            }
+        }
+        out.put_u8(b'}');
     }
-    table
+    out.put_slice(b"]}");
+    Ok(out.freeze())
 }
 
 /// `PartialObjectMetadata` for an object.

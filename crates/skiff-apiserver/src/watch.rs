@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::body::Representation;
 use crate::cache::{CacheError, CacheEvent, Cached, type_prefix};
 use crate::error::{ApiError, ApiResult};
-use crate::list::{Filter, table};
+use crate::list::{Filter, TableRow, table};
 use crate::request::Query;
 use crate::rest::Rest;
 
@@ -325,14 +325,16 @@ impl Watcher {
                 self.headers_sent = true;
                 let mut meta = Map::new();
                 meta.insert("resourceVersion".into(), json!(object.revision.to_string()));
-                let table = table(
+                match table(
                     self.request.rt,
-                    std::iter::once(&object.object),
+                    std::iter::once(TableRow::from(object)),
                     meta,
                     &self.request.query,
                     headers,
-                );
-                event_line(kind, &serde_json::to_vec(&table).unwrap_or_default())
+                ) {
+                    Ok(table) => event_line(kind, &table),
+                    Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
+                }
             }
             _ => event_line(kind, &object.json),
         };

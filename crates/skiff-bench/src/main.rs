@@ -22,6 +22,7 @@ mod stats;
 mod sys;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -72,7 +73,8 @@ impl SkiffBinary {
 struct ApiArgs {
     #[command(flatten)]
     binary: SkiffBinary,
-    /// Also measure with 100k pods stored (takes several minutes).
+    /// Also measure with 100k pods stored (about two more minutes, and the
+    /// server may need several GiB of memory).
     #[arg(long)]
     large: bool,
     /// Concurrent clients of the concurrent phases.
@@ -125,8 +127,18 @@ struct EtcdArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line; a backtrace helps nobody here.
+            eprintln!("skiff-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.dir.unwrap_or_else(std::env::temp_dir);
     match cli.command {
         Command::Api(args) => {

@@ -6,12 +6,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
 use crate::http::{Connector, JSON};
 use crate::sys::{self, Killed};
 
+/// How many fresh ports to try when the server exits during start.
+const START_ATTEMPTS: u32 = 3;
 /// How long the server may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -34,12 +36,29 @@ impl SkiffServer {
                 binary.display()
             );
         }
+        let mut attempt = 1;
+        loop {
+            match SkiffServer::launch(binary, base).await {
+                Ok(server) => return Ok(server),
+                // Another process may take the free port before the server
+                // binds it: then the server exits, and a new port is tried.
+                Err(Launch::Exited(e)) if attempt < START_ATTEMPTS => {
+                    eprintln!("skiff server exited during start, retrying: {e:#}");
+                    attempt += 1;
+                }
+                Err(Launch::Exited(e) | Launch::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn launch(binary: &Path, base: &Path) -> Result<SkiffServer, Launch> {
         let data_dir = tempfile::Builder::new()
             .prefix("skiff-bench-")
             .tempdir_in(base)
             .with_context(|| format!("creating a data directory in {}", base.display()))?;
         let port = sys::free_port()?;
-        let log = File::create(data_dir.path().join("server.log"))?;
+        let log =
+            File::create(data_dir.path().join("server.log")).context("creating the server log")?;
         let started = Instant::now();
         let child = Command::new(binary)
             .arg("server")
@@ -48,7 +67,7 @@ impl SkiffServer {
             .args(["--bind-address", "127.0.0.1", "--https-port"])
             .arg(port.to_string())
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(log.try_clone().context("opening the server log")?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -78,17 +97,33 @@ impl SkiffServer {
     }
 }
 
+/// Why a launch failed: the process exited (worth another port), or anything
+/// else.
+enum Launch {
+    Exited(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Launch {
+    fn from(e: anyhow::Error) -> Launch {
+        Launch::Failed(e)
+    }
+}
+
 /// Wait for the kubeconfig, then for `/readyz` to answer 200 through it.
 async fn wait_ready(
     child: &mut Child,
     data_dir: &Path,
     started: Instant,
-) -> anyhow::Result<Connector> {
+) -> Result<Connector, Launch> {
     let kubeconfig = data_dir.join("kubeconfig");
     let mut last_error = None;
     while started.elapsed() < READY_TIMEOUT {
-        if let Some(status) = child.try_wait()? {
-            bail!("skiff server exited with {status}:\n{}", log_tail(data_dir));
+        if let Some(status) = child.try_wait().context("waiting for skiff server")? {
+            return Err(Launch::Exited(anyhow!(
+                "skiff server exited with {status}:\n{}",
+                log_tail(data_dir)
+            )));
         }
         if kubeconfig.is_file() {
             match probe(&kubeconfig).await {
@@ -98,11 +133,11 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    bail!(
+    Err(Launch::Failed(anyhow!(
         "skiff server not ready after {READY_TIMEOUT:?} (last error: {}):\n{}",
         last_error.map_or_else(|| "no kubeconfig written".into(), |e| format!("{e:#}")),
         log_tail(data_dir)
-    )
+    )))
 }
 
 /// The last lines of the server's log.
