@@ -146,7 +146,8 @@ pub struct WatchCache {
 }
 
 /// The store key prefix of a type: `/registry/{group or core}/{plural}/`.
-pub fn type_prefix(rt: &ResourceType) -> String {
+pub fn type_prefix(rt: &'static ResourceType) -> String {
+    let rt = crate::views::storage(rt);
     let group = if rt.group.is_empty() {
         "core"
     } else {
@@ -156,7 +157,7 @@ pub fn type_prefix(rt: &ResourceType) -> String {
 }
 
 /// The store key of one object.
-pub fn object_key(rt: &ResourceType, namespace: Option<&str>, name: &str) -> String {
+pub fn object_key(rt: &'static ResourceType, namespace: Option<&str>, name: &str) -> String {
     match namespace {
         Some(ns) if rt.namespaced() => format!("{}{ns}/{name}", type_prefix(rt)),
         _ => format!("{}{name}", type_prefix(rt)),
@@ -181,6 +182,7 @@ impl WatchCache {
     ) -> Result<Arc<WatchCache>, StoreError> {
         let types = registry::all()
             .iter()
+            .filter(|rt| !crate::views::is_view(rt))
             .map(|rt| {
                 let state = TypeState {
                     objects: BTreeMap::new(),
@@ -327,7 +329,8 @@ impl WatchCache {
         self.revision.send_replace(revision);
     }
 
-    fn type_cache(&self, rt: &ResourceType) -> &TypeCache {
+    fn type_cache(&self, rt: &'static ResourceType) -> &TypeCache {
+        let rt = crate::views::storage(rt);
         self.types
             .get(&(rt.group.to_string(), rt.plural.to_string()))
             .expect("every registry type has a cache")
@@ -351,7 +354,11 @@ impl WatchCache {
 
     /// The objects of a type, optionally in one namespace, and the revision
     /// they are current at.
-    pub fn list(&self, rt: &ResourceType, namespace: Option<&str>) -> (Vec<Arc<Cached>>, Revision) {
+    pub fn list(
+        &self,
+        rt: &'static ResourceType,
+        namespace: Option<&str>,
+    ) -> (Vec<Arc<Cached>>, Revision) {
         let prefix = match namespace {
             Some(ns) if rt.namespaced() => format!("{}{ns}/", type_prefix(rt)),
             _ => type_prefix(rt),
@@ -371,7 +378,7 @@ impl WatchCache {
     }
 
     /// One object by key, from the cache.
-    pub fn get(&self, rt: &ResourceType, key: &str) -> Option<Arc<Cached>> {
+    pub fn get(&self, rt: &'static ResourceType, key: &str) -> Option<Arc<Cached>> {
         let state = self
             .type_cache(rt)
             .state
@@ -385,7 +392,7 @@ impl WatchCache {
     /// (and `from` is ignored).
     pub fn subscribe(
         &self,
-        rt: &ResourceType,
+        rt: &'static ResourceType,
         from: Revision,
         initial: bool,
     ) -> Result<Subscription, CacheError> {

@@ -22,6 +22,7 @@ use crate::cache::Cached;
 use crate::error::ApiResult;
 use crate::object;
 use crate::rest::{DeleteOptions, Mutation, ObjectRef, Rest};
+use crate::views;
 
 /// How often owner references are re-examined.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -73,7 +74,7 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
     let mut by_uid: HashMap<String, Node> = HashMap::new();
     let mut dependents: HashMap<String, Vec<Node>> = HashMap::new();
     let mut owned = Vec::new();
-    for rt in registry::all() {
+    for rt in registry::all().iter().filter(|rt| !views::is_view(rt)) {
         let (items, _) = rest.cache.list(rt, None);
         for item in items {
             let node = Node {

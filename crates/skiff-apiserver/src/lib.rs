@@ -20,6 +20,7 @@ pub mod request;
 pub mod rest;
 pub mod services;
 pub mod strategy;
+pub mod views;
 pub mod watch;
 
 use std::net::SocketAddr;

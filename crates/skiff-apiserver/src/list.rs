@@ -16,6 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::object;
 use crate::request::Query;
 use crate::rest::Rest;
+use crate::views;
 
 /// Label and field selectors of a list or watch.
 pub struct Filter {
@@ -135,6 +136,7 @@ pub async fn list(
         let (all, revision) = rest.cache.list(rt, namespace);
         let items = all
             .into_iter()
+            .map(|c| views::present(rt, c))
             .filter(|c| filter.matches(&c.object))
             .collect();
         return Ok(Page {

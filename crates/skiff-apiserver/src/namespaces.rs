@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{ApiError, ApiResult};
 use crate::object;
 use crate::rest::{DeleteOptions, Mutation, ObjectRef, Rest, WriteContext};
+use crate::views;
 
 /// Namespaces that exist from the start.
 pub const BUILT_IN: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -114,7 +115,10 @@ pub async fn run_drainer(rest: Arc<Rest>, shutdown: CancellationToken) {
 /// the `kubernetes` finalizer so that the namespace itself goes away.
 async fn drain(rest: &Rest, name: &str) -> ApiResult<()> {
     let mut remaining = 0;
-    for rt in registry::all().iter().filter(|rt| rt.namespaced()) {
+    for rt in registry::all()
+        .iter()
+        .filter(|rt| rt.namespaced() && !views::is_view(rt))
+    {
         let (items, _) = rest.cache.list(rt, Some(name));
         for item in items {
             remaining += 1;

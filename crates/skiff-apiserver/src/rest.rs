@@ -19,6 +19,7 @@ use crate::object;
 use crate::request::FieldValidation;
 use crate::services;
 use crate::strategy;
+use crate::views;
 
 /// How many times a write retries on conflict.
 const MAX_RETRIES: usize = 16;
@@ -203,7 +204,7 @@ impl Rest {
         if ctx.dry_run {
             return Ok(obj);
         }
-        let bytes = encode(&obj)?;
+        let bytes = encode(rt, &obj)?;
         let revision = self
             .store
             .create(&target.key(), bytes)
@@ -253,7 +254,7 @@ impl Rest {
                     .map(|(rev, _)| rev)
             } else {
                 self.store
-                    .update(&key, encode(&new)?, current.revision)
+                    .update(&key, encode(target.rt, &new)?, current.revision)
                     .await
             };
             match result {
@@ -487,7 +488,7 @@ impl Rest {
             }
             match self
                 .store
-                .update(&key, encode(&marked)?, current.revision)
+                .update(&key, encode(rt, &marked)?, current.revision)
                 .await
             {
                 Ok(revision) => {
@@ -568,15 +569,17 @@ fn graceful_seconds(rt: &ResourceType, obj: &Value, options: &DeleteOptions) -> 
 }
 
 /// Decodes a stored object.
-pub fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Arc<Cached>> {
+/// Decodes a stored object into the form `rt` serves.
+pub fn decode(rt: &'static ResourceType, kv: &KeyValue) -> ApiResult<Arc<Cached>> {
     Cached::from_kv(kv)
-        .map(Arc::new)
+        .map(|cached| views::present(rt, Arc::new(cached)))
         .map_err(|e| ApiError::internal(format!("stored {} {} is corrupt: {e}", rt.kind, kv.key)))
 }
 
-/// Serializes an object for the store, without its resourceVersion.
-fn encode(obj: &Value) -> ApiResult<bytes::Bytes> {
-    let mut obj = obj.clone();
+/// Serializes an object for the store, in its stored form and without its
+/// resourceVersion.
+fn encode(rt: &'static ResourceType, obj: &Value) -> ApiResult<bytes::Bytes> {
+    let mut obj = views::to_storage(rt, obj.clone());
     object::meta_mut(&mut obj).remove("resourceVersion");
     serde_json::to_vec(&obj)
         .map(bytes::Bytes::from)

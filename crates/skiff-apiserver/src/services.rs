@@ -24,7 +24,11 @@ pub fn is_service(rt: &ResourceType) -> bool {
 /// Fills in `spec.clusterIP(s)` and node ports that the client left empty.
 /// The caller serializes allocations (one at a time) so two services never
 /// get the same address.
-pub fn allocate(cache: &WatchCache, rt: &ResourceType, service: &mut Value) -> ApiResult<()> {
+pub fn allocate(
+    cache: &WatchCache,
+    rt: &'static ResourceType,
+    service: &mut Value,
+) -> ApiResult<()> {
     let (existing, _) = cache.list(rt, None);
     let spec = &mut service["spec"];
     let kind = spec["type"].as_str().unwrap_or("ClusterIP").to_string();

@@ -23,6 +23,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::list::{Filter, TableRow, table};
 use crate::request::Query;
 use crate::rest::Rest;
+use crate::views;
 
 /// How often a watch that allows bookmarks gets one.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
@@ -203,6 +204,7 @@ impl Watcher {
         mut live: broadcast::Receiver<Arc<CacheEvent>>,
     ) {
         for object in snapshot {
+            let object = views::present(self.request.rt, object);
             if self.in_scope(&object.key)
                 && self.request.filter.matches(&object.object)
                 && !self.send("ADDED", &object).await
@@ -299,6 +301,19 @@ impl Watcher {
         if event.revision <= self.after || !self.in_scope(&event.object.key) {
             return true;
         }
+        let rt = self.request.rt;
+        let converted;
+        let event = if views::is_view(rt) {
+            converted = CacheEvent {
+                revision: event.revision,
+                kind: event.kind.clone(),
+                object: views::present(rt, event.object.clone()),
+                prev: event.prev.clone().map(|p| views::present(rt, p)),
+            };
+            &converted
+        } else {
+            event
+        };
         let filter = &self.request.filter;
         let now = filter.matches(&event.object.object);
         let before = event

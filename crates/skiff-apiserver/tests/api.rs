@@ -456,3 +456,53 @@ async fn bound_pods_terminate_gracefully() {
     let (status, _) = api.get(&format!("{pods}/p")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn events_are_one_set_of_objects_through_both_apis() {
+    let api = Api::new().await;
+    let core = "/api/v1/namespaces/default/events";
+    let events = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let (status, body) = api
+        .post(
+            events,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                "metadata": {"name": "pulled"},
+                "eventTime": "2026-11-23T20:00:00.000000Z",
+                "reportingController": "skiff/agent", "reportingInstance": "node-a",
+                "action": "Pull", "reason": "Pulled", "type": "Normal", "note": "image pulled",
+                "regarding": {"kind": "Pod", "namespace": "default", "name": "web"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["note"], "image pulled");
+
+    let (status, stored) = api.get(&format!("{core}/pulled")).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["apiVersion"], "v1");
+    assert_eq!(stored["message"], "image pulled");
+    assert_eq!(stored["involvedObject"]["name"], "web");
+    assert_eq!(stored["reportingComponent"], "skiff/agent");
+    assert_eq!(stored["metadata"]["uid"], body["metadata"]["uid"]);
+
+    let (_, list) = api
+        .get(&format!("{core}?fieldSelector=involvedObject.name%3Dweb"))
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let (_, list) = api
+        .get(&format!("{events}?fieldSelector=regarding.name%3Dweb"))
+        .await;
+    assert_eq!(list["items"][0]["regarding"]["name"], "web", "{list}");
+    assert_eq!(list["kind"], "EventList");
+
+    let (status, body) = api
+        .call(
+            "DELETE",
+            &format!("{events}/pulled"),
+            "application/json",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = api.get(&format!("{core}/pulled")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
