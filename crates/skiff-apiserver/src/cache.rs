@@ -377,16 +377,6 @@ impl WatchCache {
         (items, *self.revision.borrow())
     }
 
-    /// One object by key, from the cache.
-    pub fn get(&self, rt: &'static ResourceType, key: &str) -> Option<Arc<Cached>> {
-        let state = self
-            .type_cache(rt)
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        state.objects.get(key).cloned()
-    }
-
     /// Subscribes to changes of a type after `from`. With `initial` the
     /// subscription also carries a snapshot of every object at its revision
     /// (and `from` is ignored).

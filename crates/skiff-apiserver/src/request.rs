@@ -107,14 +107,6 @@ pub struct Query {
     pub grace_period_seconds: Option<String>,
     pub orphan_dependents: Option<String>,
     pub include_object: Option<String>,
-    pub timeout: Option<String>,
-    // pods/log options
-    pub container: Option<String>,
-    pub follow: Option<String>,
-    pub previous: Option<String>,
-    pub tail_lines: Option<String>,
-    pub since_seconds: Option<String>,
-    pub timestamps: Option<String>,
 }
 
 impl Query {
