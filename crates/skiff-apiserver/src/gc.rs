@@ -10,7 +10,7 @@
 //! the REST layer, like the namespace drainer, until the controller manager
 //! (a later issue) takes it over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,34 +31,43 @@ const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 
 /// An object found in the cache.
-#[derive(Clone)]
 struct Node {
     rt: &'static ResourceType,
-    namespace: String,
-    name: String,
     cached: Arc<Cached>,
 }
 
 impl Node {
     fn at(&self) -> ObjectRef<'_> {
+        let namespace = object::namespace(&self.cached.object);
         ObjectRef {
             rt: self.rt,
-            namespace: Some(self.namespace.as_str()).filter(|n| !n.is_empty()),
-            name: &self.name,
+            namespace: Some(namespace).filter(|n| !n.is_empty()),
+            name: object::name(&self.cached.object),
         }
+    }
+
+    fn object(&self) -> &Value {
+        &self.cached.object
     }
 }
 
-/// Runs the collector until `shutdown`.
+/// Runs the collector until `shutdown`. A pass runs only when something was
+/// written since the last complete one.
 pub async fn run(rest: Arc<Rest>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(SCAN_INTERVAL);
+    let mut scanned_at = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if let Err(e) = scan(&rest).await {
-            tracing::warn!(error = %e, "garbage collection pass incomplete");
+        let revision = rest.cache.revision();
+        if scanned_at == Some(revision) {
+            continue;
+        }
+        match scan(&rest).await {
+            Ok(()) => scanned_at = Some(revision),
+            Err(e) => tracing::warn!(error = %e, "garbage collection pass incomplete"),
         }
     }
 }
@@ -71,36 +80,21 @@ fn owner_uids(obj: &Value) -> Vec<&str> {
 }
 
 async fn scan(rest: &Rest) -> ApiResult<()> {
-    let mut by_uid: HashMap<String, Node> = HashMap::new();
-    let mut dependents: HashMap<String, Vec<Node>> = HashMap::new();
-    let mut owned = Vec::new();
+    let mut all = Vec::new();
     for rt in registry::all().iter().filter(|rt| !views::is_view(rt)) {
         let (items, _) = rest.cache.list(rt, None);
-        for item in items {
-            let node = Node {
-                rt,
-                namespace: object::namespace(&item.object).to_string(),
-                name: object::name(&item.object).to_string(),
-                cached: item.clone(),
-            };
-            for owner in owner_uids(&item.object) {
-                dependents
-                    .entry(owner.to_string())
-                    .or_default()
-                    .push(node.clone());
-            }
-            if !owner_uids(&item.object).is_empty() {
-                owned.push(node.clone());
-            }
-            by_uid.insert(object::uid(&item.object).to_string(), node);
+        all.extend(items.into_iter().map(|cached| Node { rt, cached }));
+    }
+    let uids: HashSet<&str> = all.iter().map(|n| object::uid(n.object())).collect();
+    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
+    for node in &all {
+        for owner in owner_uids(node.object()) {
+            dependents.entry(owner).or_default().push(node);
         }
     }
-    for node in by_uid
-        .values()
-        .filter(|n| object::is_deleting(&n.cached.object))
-    {
-        let finalizers = object::finalizers(&node.cached.object);
-        let uid = object::uid(&node.cached.object);
+    for node in all.iter().filter(|n| object::is_deleting(n.object())) {
+        let finalizers = object::finalizers(node.object());
+        let uid = object::uid(node.object());
         let deps = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
         if finalizers.iter().any(|f| f == ORPHAN) {
             for dep in deps {
@@ -115,22 +109,18 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
                 propagation_policy: Some("Foreground".into()),
                 ..DeleteOptions::default()
             };
-            for dep in deps
-                .iter()
-                .filter(|d| !object::is_deleting(&d.cached.object))
-            {
+            for dep in deps.iter().filter(|d| !object::is_deleting(d.object())) {
                 ignore_not_found(rest.delete(dep.at(), &options, false).await)?;
             }
         }
     }
-    for node in owned
-        .iter()
-        .filter(|n| !object::is_deleting(&n.cached.object))
-    {
-        let owners = owner_uids(&node.cached.object);
-        if owners.iter().any(|uid| by_uid.contains_key(*uid)) {
-            continue;
-        }
+    let orphans = all.iter().filter(|n| {
+        let owners = owner_uids(n.object());
+        !owners.is_empty()
+            && !object::is_deleting(n.object())
+            && !owners.iter().any(|uid| uids.contains(uid))
+    });
+    for node in orphans {
         if !owners_really_gone(rest, node).await? {
             continue;
         }
@@ -146,7 +136,7 @@ async fn scan(rest: &Rest) -> ApiResult<()> {
 /// The cache may lag a just-created owner: confirm absence against the store
 /// before deleting anything.
 async fn owners_really_gone(rest: &Rest, node: &Node) -> ApiResult<bool> {
-    let refs = node.cached.object["metadata"]["ownerReferences"]
+    let refs = node.object()["metadata"]["ownerReferences"]
         .as_array()
         .cloned()
         .unwrap_or_default();
@@ -159,7 +149,7 @@ async fn owners_really_gone(rest: &Rest, node: &Node) -> ApiResult<bool> {
         let name = owner["name"].as_str().unwrap_or_default();
         let at = ObjectRef {
             rt,
-            namespace: Some(node.namespace.as_str()).filter(|_| rt.namespaced()),
+            namespace: Some(object::namespace(node.object())).filter(|_| rt.namespaced()),
             name,
         };
         match rest.get(at).await {
