@@ -351,8 +351,26 @@ pub(crate) const IMAGES: Column = wide(
     "Images of the containers in the pod template.",
 );
 
+/// Fixtures the printer modules' tests share.
+#[cfg(test)]
+mod fixtures {
+    use jiff::Timestamp;
+    use serde_json::{Value, json};
+
+    /// The server clock of the printer tests: 2024-05-01 12:00 UTC.
+    pub(super) fn now() -> Timestamp {
+        "2024-05-01T12:00:00Z".parse().unwrap()
+    }
+
+    /// `metadata` of an object `name` in namespace `default`, created at `created`.
+    pub(super) fn meta(name: &str, created: &str) -> Value {
+        json!({"name": name, "namespace": "default", "creationTimestamp": created})
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::now;
     use super::*;
     use serde_json::json;
 
@@ -396,10 +414,9 @@ mod tests {
 
     #[test]
     fn since_handles_missing_and_bad_timestamps() {
-        let now: Timestamp = "2024-05-01T12:00:00Z".parse().unwrap();
-        assert_eq!(since("2024-05-01T11:59:30Z", now), "30s");
-        assert_eq!(since("", now), "<unknown>");
-        assert_eq!(since("yesterday", now), "<unknown>");
+        assert_eq!(since("2024-05-01T11:59:30Z", now()), "30s");
+        assert_eq!(since("", now()), "<unknown>");
+        assert_eq!(since("yesterday", now()), "<unknown>");
     }
 
     #[test]

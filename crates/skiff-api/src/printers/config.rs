@@ -248,14 +248,11 @@ pub(crate) fn controller_revision_row(obj: &Value, now: Timestamp) -> Vec<Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::printers::fixtures::{self, now};
     use serde_json::json;
 
-    fn now() -> Timestamp {
-        "2024-05-01T12:00:00Z".parse().unwrap()
-    }
-
     fn meta() -> Value {
-        json!({"name": "x", "namespace": "default", "creationTimestamp": "2024-05-01T11:59:50Z"})
+        fixtures::meta("x", "2024-05-01T11:59:50Z")
     }
 
     #[test]

@@ -131,11 +131,8 @@ fn event_row(obj: &Value, shape: &Shape, now: Timestamp) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::printers::fixtures::now;
     use serde_json::json;
-
-    fn now() -> Timestamp {
-        "2024-05-01T12:00:00Z".parse().unwrap()
-    }
 
     #[test]
     fn core_event_with_legacy_timestamps() {

@@ -317,14 +317,11 @@ pub(crate) fn network_policy_row(obj: &Value, now: Timestamp) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::printers::fixtures::{self, now};
     use serde_json::json;
 
-    fn now() -> Timestamp {
-        "2024-05-01T12:00:00Z".parse().unwrap()
-    }
-
     fn meta() -> Value {
-        json!({"name": "web", "namespace": "default", "creationTimestamp": "2024-05-01T11:00:00Z"})
+        fixtures::meta("web", "2024-05-01T11:00:00Z")
     }
 
     #[test]

@@ -235,11 +235,8 @@ pub(crate) fn pod_row(pod: &Value, now: Timestamp) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::printers::fixtures::{meta, now};
     use serde_json::json;
-
-    fn now() -> Timestamp {
-        "2024-05-01T12:00:00Z".parse().unwrap()
-    }
 
     fn cells(pod: &Value) -> Vec<String> {
         pod_row(pod, now())
@@ -250,7 +247,7 @@ mod tests {
 
     fn base(spec: Value, status: Value) -> Value {
         json!({
-            "metadata": {"name": "web-1", "namespace": "default", "creationTimestamp": "2024-05-01T11:55:00Z"},
+            "metadata": meta("web-1", "2024-05-01T11:55:00Z"),
             "spec": spec,
             "status": status,
         })

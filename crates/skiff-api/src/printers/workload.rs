@@ -22,6 +22,16 @@ fn desired_replicas(obj: &Value) -> i64 {
     opt_i64_at(obj, "/spec/replicas").unwrap_or(1)
 }
 
+/// The wide cells of a template-bearing workload whose spec is at `spec_ptr` (`/spec`,
+/// or `/spec/jobTemplate/spec` for a CronJob): Containers and Images of its pod
+/// template, and its selector as upstream's `FormatLabelSelector`.
+fn template_cells(obj: &Value, spec_ptr: &str) -> [Value; 3] {
+    let spec = obj.pointer(spec_ptr).unwrap_or(&Value::Null);
+    let (containers, images) = container_cells(arr_at(spec, "/template/spec/containers"));
+    let selector = format_label_selector(spec.get("selector"));
+    [containers, images, Value::from(selector)]
+}
+
 /// Columns of `kubectl get deployments`.
 pub(crate) const DEPLOYMENT_COLUMNS: &[Column] = &[
     NAME,
@@ -73,7 +83,7 @@ pub(crate) const REPLICA_SET_COLUMNS: &[Column] = &[
 
 /// One ReplicaSet row.
 pub(crate) fn replica_set_row(obj: &Value, now: Timestamp) -> Vec<Value> {
-    let (containers, images) = container_cells(arr_at(obj, "/spec/template/spec/containers"));
+    let [containers, images, selector] = template_cells(obj, "/spec");
     vec![
         name(obj),
         Value::from(desired_replicas(obj)),
@@ -82,7 +92,7 @@ pub(crate) fn replica_set_row(obj: &Value, now: Timestamp) -> Vec<Value> {
         age(obj, now),
         containers,
         images,
-        Value::from(format_label_selector(obj.pointer("/spec/selector"))),
+        selector,
     ]
 }
 
@@ -148,7 +158,7 @@ pub(crate) const DAEMON_SET_COLUMNS: &[Column] = &[
 
 /// One DaemonSet row.
 pub(crate) fn daemon_set_row(obj: &Value, now: Timestamp) -> Vec<Value> {
-    let (containers, images) = container_cells(arr_at(obj, "/spec/template/spec/containers"));
+    let [containers, images, selector] = template_cells(obj, "/spec");
     vec![
         name(obj),
         Value::from(i64_at(obj, "/status/desiredNumberScheduled")),
@@ -162,7 +172,7 @@ pub(crate) fn daemon_set_row(obj: &Value, now: Timestamp) -> Vec<Value> {
         age(obj, now),
         containers,
         images,
-        Value::from(format_label_selector(obj.pointer("/spec/selector"))),
+        selector,
     ]
 }
 
@@ -232,7 +242,7 @@ pub(crate) fn job_row(obj: &Value, now: Timestamp) -> Vec<Value> {
     } else {
         "Running"
     };
-    let (containers, images) = container_cells(arr_at(obj, "/spec/template/spec/containers"));
+    let [containers, images, selector] = template_cells(obj, "/spec");
     vec![
         name(obj),
         Value::from(status),
@@ -241,7 +251,7 @@ pub(crate) fn job_row(obj: &Value, now: Timestamp) -> Vec<Value> {
         age(obj, now),
         containers,
         images,
-        Value::from(format_label_selector(obj.pointer("/spec/selector"))),
+        selector,
     ]
 }
 
@@ -276,10 +286,7 @@ pub(crate) fn cron_job_row(obj: &Value, now: Timestamp) -> Vec<Value> {
         .pointer("/spec/timeZone")
         .and_then(Value::as_str)
         .unwrap_or("<none>");
-    let (containers, images) = container_cells(arr_at(
-        obj,
-        "/spec/jobTemplate/spec/template/spec/containers",
-    ));
+    let [containers, images, selector] = template_cells(obj, "/spec/jobTemplate/spec");
     vec![
         name(obj),
         Value::from(str_at(obj, "/spec/schedule")),
@@ -290,9 +297,7 @@ pub(crate) fn cron_job_row(obj: &Value, now: Timestamp) -> Vec<Value> {
         age(obj, now),
         containers,
         images,
-        Value::from(format_label_selector(
-            obj.pointer("/spec/jobTemplate/spec/selector"),
-        )),
+        selector,
     ]
 }
 
@@ -332,14 +337,11 @@ pub(crate) fn pod_disruption_budget_row(obj: &Value, now: Timestamp) -> Vec<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::printers::fixtures::{self, now};
     use serde_json::json;
 
-    fn now() -> Timestamp {
-        "2024-05-01T12:00:00Z".parse().unwrap()
-    }
-
     fn meta() -> Value {
-        json!({"name": "web", "namespace": "default", "creationTimestamp": "2024-05-01T10:00:00Z"})
+        fixtures::meta("web", "2024-05-01T10:00:00Z")
     }
 
     #[test]

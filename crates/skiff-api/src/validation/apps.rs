@@ -36,6 +36,16 @@ pub(crate) fn validate_selector_for_template(
         }
         return;
     }
+    validate_selector_matches_template(errs, selector, spec, sp);
+}
+
+/// The pod template in `spec` must carry labels that `selector` selects.
+pub(crate) fn validate_selector_matches_template(
+    errs: &mut Vec<FieldError>,
+    selector: &Value,
+    spec: &Value,
+    sp: &Path,
+) {
     let template = get(spec, "template");
     if !selector_matches(selector, template_labels(template)) {
         errs.push(invalid(
@@ -46,8 +56,17 @@ pub(crate) fn validate_selector_for_template(
     }
 }
 
-/// A template for long-running pods: `restartPolicy: Always`, no deadline.
-fn validate_long_running_template(errs: &mut Vec<FieldError>, spec: &Value, sp: &Path, kind: &str) {
+/// The selector and template of a controller of long-running pods: the shared
+/// selector rules (`empty_selector` being the message for an empty one), then a pod
+/// template with `restartPolicy: Always` and no deadline.
+fn validate_long_running_template(
+    errs: &mut Vec<FieldError>,
+    spec: &Value,
+    sp: &Path,
+    kind: &str,
+    empty_selector: &str,
+) {
+    validate_selector_for_template(errs, spec, sp, Some(empty_selector));
     let template = get(spec, "template");
     let tp = sp.child("template");
     validate_pod_template(errs, template, &tp);
@@ -65,6 +84,23 @@ fn validate_long_running_template(errs: &mut Vec<FieldError>, spec: &Value, sp: 
             &tp.child("spec").child("activeDeadlineSeconds"),
             &format!("activeDeadlineSeconds in {kind} is not Supported"),
         ));
+    }
+}
+
+/// `spec.selector` may not change on update (Deployments, ReplicaSets, DaemonSets).
+fn validate_selector_unchanged(
+    errs: &mut Vec<FieldError>,
+    spec: &Value,
+    sp: &Path,
+    old: Option<&Value>,
+) {
+    if let Some(old) = old {
+        immutable(
+            errs,
+            &sp.child("selector"),
+            get(spec, "selector"),
+            get(get(old, "spec"), "selector"),
+        );
     }
 }
 
@@ -96,13 +132,13 @@ pub(crate) fn validate_deployment(errs: &mut Vec<FieldError>, obj: &Value, old: 
     ] {
         non_negative(errs, spec, key, &sp);
     }
-    validate_selector_for_template(
+    validate_long_running_template(
         errs,
         spec,
         &sp,
-        Some("empty selector is invalid for deployment"),
+        "Deployment",
+        "empty selector is invalid for deployment",
     );
-    validate_long_running_template(errs, spec, &sp, "Deployment");
 
     let strategy = get(spec, "strategy");
     let stp = sp.child("strategy");
@@ -137,14 +173,7 @@ pub(crate) fn validate_deployment(errs: &mut Vec<FieldError>, obj: &Value, old: 
             "must be greater than minReadySeconds",
         ));
     }
-    if let Some(old) = old {
-        immutable(
-            errs,
-            &sp.child("selector"),
-            get(spec, "selector"),
-            get(get(old, "spec"), "selector"),
-        );
-    }
+    validate_selector_unchanged(errs, spec, &sp, old);
 }
 
 /// `ReplicaSet`
@@ -153,21 +182,14 @@ pub(crate) fn validate_replica_set(errs: &mut Vec<FieldError>, obj: &Value, old:
     let sp = Path::new("spec");
     non_negative(errs, spec, "replicas", &sp);
     non_negative(errs, spec, "minReadySeconds", &sp);
-    validate_selector_for_template(
+    validate_long_running_template(
         errs,
         spec,
         &sp,
-        Some("empty selector is invalid for deployment"),
+        "ReplicaSet",
+        "empty selector is invalid for deployment",
     );
-    validate_long_running_template(errs, spec, &sp, "ReplicaSet");
-    if let Some(old) = old {
-        immutable(
-            errs,
-            &sp.child("selector"),
-            get(spec, "selector"),
-            get(get(old, "spec"), "selector"),
-        );
-    }
+    validate_selector_unchanged(errs, spec, &sp, old);
 }
 
 /// Fields of a StatefulSet spec that may change after creation.
@@ -235,13 +257,13 @@ pub(crate) fn validate_stateful_set(errs: &mut Vec<FieldError>, obj: &Value, old
             &["Retain", "Delete"],
         );
     }
-    validate_selector_for_template(
+    validate_long_running_template(
         errs,
         spec,
         &sp,
-        Some("empty selector is invalid for statefulset"),
+        "StatefulSet",
+        "empty selector is invalid for statefulset",
     );
-    validate_long_running_template(errs, spec, &sp, "StatefulSet");
     for (i, claim) in super::field::arr_of(spec, "volumeClaimTemplates")
         .iter()
         .enumerate()
@@ -291,13 +313,13 @@ pub(crate) fn validate_daemon_set(errs: &mut Vec<FieldError>, obj: &Value, old: 
     ] {
         non_negative(errs, spec, key, &sp);
     }
-    validate_selector_for_template(
+    validate_long_running_template(
         errs,
         spec,
         &sp,
-        Some("empty selector is invalid for daemonset"),
+        "DaemonSet",
+        "empty selector is invalid for daemonset",
     );
-    validate_long_running_template(errs, spec, &sp, "DaemonSet");
     let strategy = get(spec, "updateStrategy");
     let stp = sp.child("updateStrategy");
     match str_of(strategy, "type") {
@@ -315,14 +337,7 @@ pub(crate) fn validate_daemon_set(errs: &mut Vec<FieldError>, obj: &Value, old: 
             &["OnDelete", "RollingUpdate"],
         )),
     }
-    if let Some(old) = old {
-        immutable(
-            errs,
-            &sp.child("selector"),
-            get(spec, "selector"),
-            get(get(old, "spec"), "selector"),
-        );
-    }
+    validate_selector_unchanged(errs, spec, &sp, old);
 }
 
 /// `ControllerRevision`
@@ -351,19 +366,8 @@ pub(crate) fn validate_controller_revision(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::field::testing::run;
     use serde_json::json;
-
-    fn run(
-        f: fn(&mut Vec<FieldError>, &Value, Option<&Value>),
-        obj: &Value,
-        old: Option<&Value>,
-    ) -> Vec<String> {
-        let mut errs = Vec::new();
-        f(&mut errs, obj, old);
-        errs.iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect()
-    }
 
     fn deployment() -> Value {
         json!({"spec": {

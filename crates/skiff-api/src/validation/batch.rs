@@ -2,13 +2,13 @@
 
 use serde_json::Value;
 
-use super::apps::validate_selector_for_template;
+use super::apps::{validate_selector_for_template, validate_selector_matches_template};
 use super::field::{
     Path, arr_of, bool_of, get, has, immutable, int_of, invalid, non_negative, not_supported,
     one_of, required, str_of,
 };
-use super::meta::{selector_matches, validate_label_selector};
-use super::pod::{template_labels, validate_pod_template};
+use super::meta::validate_label_selector;
+use super::pod::validate_pod_template;
 use crate::registry::FieldError;
 
 /// Upper bound on completions and parallelism of Indexed jobs.
@@ -197,32 +197,15 @@ pub(crate) fn validate_cron_job(errs: &mut Vec<FieldError>, obj: &Value, _old: O
     let selector = get(job_spec, "selector");
     if !selector.is_null() {
         validate_label_selector(errs, selector, &jsp.child("selector"));
-        if !selector_matches(selector, template_labels(get(job_spec, "template"))) {
-            errs.push(invalid(
-                &jsp.child("template").child("metadata").child("labels"),
-                get(get(get(job_spec, "template"), "metadata"), "labels"),
-                "`selector` does not match template `labels`",
-            ));
-        }
+        validate_selector_matches_template(errs, selector, job_spec, &jsp);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::field::testing::run;
     use serde_json::json;
-
-    fn run(
-        f: fn(&mut Vec<FieldError>, &Value, Option<&Value>),
-        obj: &Value,
-        old: Option<&Value>,
-    ) -> Vec<String> {
-        let mut errs = Vec::new();
-        f(&mut errs, obj, old);
-        errs.iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect()
-    }
 
     fn job() -> Value {
         json!({"metadata": {"name": "pi"}, "spec": {
@@ -301,5 +284,31 @@ mod tests {
         let mut hourly = cj.clone();
         hourly["spec"]["schedule"] = json!("@hourly");
         assert!(run(validate_cron_job, &hourly, None).is_empty());
+    }
+
+    #[test]
+    fn cronjob_selector_must_match_job_template() {
+        let cj = |selector: Value| {
+            json!({"metadata": {"name": "hello"}, "spec": {
+                "schedule": "@hourly",
+                "jobTemplate": {"spec": {"selector": selector, "template": {
+                    "metadata": {"labels": {"app": "hello"}},
+                    "spec": {"containers": [{"name": "hello", "image": "busybox"}], "restartPolicy": "OnFailure"}
+                }}}
+            }})
+        };
+        let matching = cj(json!({"matchLabels": {"app": "hello"}}));
+        assert!(run(validate_cron_job, &matching, None).is_empty());
+        assert!(run(validate_cron_job, &cj(json!({})), None).is_empty());
+        assert_eq!(
+            run(
+                validate_cron_job,
+                &cj(json!({"matchLabels": {"app": "other"}})),
+                None
+            ),
+            [
+                "spec.jobTemplate.spec.template.metadata.labels: Invalid value: {\"app\":\"hello\"}: `selector` does not match template `labels`"
+            ]
+        );
     }
 }

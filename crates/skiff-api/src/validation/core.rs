@@ -823,18 +823,13 @@ pub(crate) fn validate_limit_range(errs: &mut Vec<FieldError>, obj: &Value, _old
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::KindCheck;
+    use crate::validation::field::testing;
     use serde_json::json;
 
-    fn run(
-        f: fn(&mut Vec<FieldError>, &Value, Option<&Value>),
-        obj: Value,
-        old: Option<Value>,
-    ) -> Vec<String> {
-        let mut errs = Vec::new();
-        f(&mut errs, &obj, old.as_ref());
-        errs.iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect()
+    /// [`testing::run`] taking the values, so the `json!` literals below need no `&`.
+    fn run(check: KindCheck, obj: Value, old: Option<Value>) -> Vec<String> {
+        testing::run(check, &obj, old.as_ref())
     }
 
     #[test]

@@ -319,6 +319,30 @@ pub(crate) fn one_of(
     }
 }
 
+/// Helpers the rule modules' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use serde_json::Value;
+
+    use crate::registry::FieldError;
+    use crate::validation::KindCheck;
+
+    /// Errors as `field: message` lines, the way the 422 message lists them.
+    pub(crate) fn lines(errs: &[FieldError]) -> Vec<String> {
+        errs.iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
+    }
+
+    /// The [`lines`] of what one kind's `check` finds in `obj`, an update of `old`
+    /// when given.
+    pub(crate) fn run(check: KindCheck, obj: &Value, old: Option<&Value>) -> Vec<String> {
+        let mut errs = Vec::new();
+        check(&mut errs, obj, old);
+        lines(&errs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -662,19 +662,8 @@ pub(crate) fn validate_events_event(errs: &mut Vec<FieldError>, obj: &Value, _ol
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::field::testing::run;
     use serde_json::json;
-
-    fn run(
-        f: fn(&mut Vec<FieldError>, &Value, Option<&Value>),
-        obj: &Value,
-        old: Option<&Value>,
-    ) -> Vec<String> {
-        let mut errs = Vec::new();
-        f(&mut errs, obj, old);
-        errs.iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect()
-    }
 
     #[test]
     fn ingress_rules() {

@@ -1375,6 +1375,7 @@ pub(crate) fn template_labels(template: &Value) -> &Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validation::field::testing::lines;
     use serde_json::json;
 
     fn spec_errs(spec: Value) -> Vec<FieldError> {
@@ -1383,16 +1384,10 @@ mod tests {
         errs
     }
 
-    fn fields(errs: &[FieldError]) -> Vec<String> {
-        errs.iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect()
-    }
-
     #[test]
     fn containers_required() {
         assert_eq!(
-            fields(&spec_errs(json!({}))),
+            lines(&spec_errs(json!({}))),
             ["spec.containers: Required value"]
         );
     }
@@ -1406,7 +1401,7 @@ mod tests {
                 {"name": "Bad_Name", "image": "x", "imagePullPolicy": "Sometimes"}
             ]
         }));
-        let f = fields(&errs);
+        let f = lines(&errs);
         assert!(
             f.contains(&"spec.containers[1].image: Required value".to_string()),
             "{f:?}"
@@ -1440,7 +1435,7 @@ mod tests {
                 ]
             }]
         }));
-        let f = fields(&errs);
+        let f = lines(&errs);
         let expect = [
             "spec.containers[0].ports[0].containerPort: Required value",
             "spec.containers[0].ports[1].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
@@ -1474,7 +1469,7 @@ mod tests {
                 "resources": {"requests": {"cpu": "abc", "memory": "-1", "foo": "1"}}
             }]
         }));
-        let f = fields(&errs);
+        let f = lines(&errs);
         assert_eq!(
             f,
             [
@@ -1503,7 +1498,7 @@ mod tests {
                 ]
             }]
         }));
-        let f = fields(&errs);
+        let f = lines(&errs);
         let expect = [
             "spec.volumes[1].name: Duplicate value: \"a\"",
             "spec.volumes[1].configMap.defaultMode: Invalid value: 1000: must be a number between 0 and 0777 (octal), both inclusive",
@@ -1530,7 +1525,7 @@ mod tests {
             }],
             "initContainers": [{"name": "i", "image": "x", "livenessProbe": {"exec": {"command": ["true"]}}}]
         }));
-        let f = fields(&errs);
+        let f = lines(&errs);
         assert_eq!(
             f,
             [
@@ -1559,7 +1554,7 @@ mod tests {
             ]}},
             "topologySpreadConstraints": [{"maxSkew": 0, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]
         }));
-        let f = fields(&errs);
+        let f = lines(&errs);
         let expect = [
             "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
             "spec.activeDeadlineSeconds: Invalid value: 0: must be between 1 and 2147483647, inclusive",
@@ -1597,7 +1592,7 @@ mod tests {
         bad["activeDeadlineSeconds"] = json!(200);
         let mut errs = Vec::new();
         validate_pod_spec_update(&mut errs, &bad, &old);
-        let f = fields(&errs);
+        let f = lines(&errs);
         assert_eq!(f.len(), 3, "{f:?}");
         assert_eq!(f[2], format!("spec: Forbidden: {POD_UPDATE_FORBIDDEN}"));
     }
