@@ -506,3 +506,157 @@ async fn events_are_one_set_of_objects_through_both_apis() {
     let (status, _) = api.get(&format!("{core}/pulled")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn generation_status_and_dry_run() {
+    let api = Api::new().await;
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
+            "template": {"metadata": {"labels": {"app": "d"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        "status": {"replicas": 99}});
+    let (status, dry) = api
+        .post(&format!("{deployments}?dryRun=All"), deployment.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dry}");
+    let (status, _) = api.get(&format!("{deployments}/d")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a dry run stores nothing");
+
+    let (_, created) = api.post(deployments, deployment).await;
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert_eq!(
+        created["status"],
+        json!({}),
+        "status is not settable on create"
+    );
+    let uri = format!("{deployments}/d");
+    let merge = "application/merge-patch+json";
+
+    let (_, labelled) = api
+        .call(
+            "PATCH",
+            &uri,
+            merge,
+            json!({"metadata": {"labels": {"x": "y"}}}),
+        )
+        .await;
+    assert_eq!(
+        labelled["metadata"]["generation"], 1,
+        "metadata changes keep the generation"
+    );
+    let (_, scaled) = api
+        .call("PATCH", &uri, merge, json!({"spec": {"replicas": 3}}))
+        .await;
+    assert_eq!(scaled["metadata"]["generation"], 2, "spec changes bump it");
+    let (_, ignored) = api
+        .call("PATCH", &uri, merge, json!({"status": {"replicas": 5}}))
+        .await;
+    assert!(
+        ignored["status"].get("replicas").is_none(),
+        "main resource cannot write status"
+    );
+
+    let mut with_status = scaled.clone();
+    with_status["status"] = json!({"replicas": 3, "readyReplicas": 2});
+    with_status["spec"]["replicas"] = json!(7);
+    let (status, updated) = api
+        .call(
+            "PUT",
+            &format!("{uri}/status"),
+            "application/json",
+            with_status,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["status"]["readyReplicas"], 2);
+    assert_eq!(
+        updated["spec"]["replicas"], 3,
+        "the status subresource cannot write spec"
+    );
+    assert_eq!(updated["metadata"]["generation"], 2);
+
+    let (status, dry) = api
+        .call(
+            "PATCH",
+            &format!("{uri}?dryRun=All"),
+            merge,
+            json!({"spec": {"replicas": 9}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dry["spec"]["replicas"], 9);
+    let (status, _) = api
+        .call(
+            "DELETE",
+            &format!("{uri}?dryRun=All"),
+            "application/json",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, stored) = api.get(&uri).await;
+    assert_eq!(stored["spec"]["replicas"], 3, "dry runs change nothing");
+    assert_eq!(
+        stored["metadata"]["resourceVersion"],
+        updated["metadata"]["resourceVersion"]
+    );
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() {
+    let api = Api::new().await;
+    let mut cm = configmap("held", json!({}));
+    cm["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.post(CM, cm).await;
+    let uri = format!("{CM}/held");
+    let (status, deleting) = api
+        .call("DELETE", &uri, "application/json", Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        deleting["metadata"]["deletionTimestamp"].is_string(),
+        "{deleting}"
+    );
+    let (status, still) = api.get(&uri).await;
+    assert_eq!(status, StatusCode::OK);
+    let patch = json!({"metadata": {"finalizers": ["example.com/hold", "example.com/new"]}});
+    let (status, _) = api
+        .call("PATCH", &uri, "application/merge-patch+json", patch)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "no new finalizers while deleting"
+    );
+    let patch = json!({"metadata": {"finalizers": null}});
+    let (status, body) = api
+        .call("PATCH", &uri, "application/merge-patch+json", patch)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = api.get(&uri).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "removing the last finalizer deletes: {still}"
+    );
+}
+
+#[tokio::test]
+async fn watches_end_after_timeout_seconds() {
+    let api = Api::new().await;
+    let request = Request::builder()
+        .uri(format!("{CM}?watch=true&timeoutSeconds=1"))
+        .body(Body::empty())
+        .unwrap();
+    let response = api.router.clone().oneshot(request).await.unwrap();
+    let body = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        response.into_body().collect(),
+    )
+    .await
+    .expect("the watch ends by itself")
+    .unwrap();
+    assert!(body.to_bytes().is_empty(), "no changes, no events");
+}
