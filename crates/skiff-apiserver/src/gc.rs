@@ -51,24 +51,31 @@ impl Node {
     }
 }
 
+/// A pass may use at most this share of one core: the pause after a pass is
+/// at least this many times as long as the pass took.
+const PAUSE_PER_SCAN_TIME: u32 = 20;
+
 /// Runs the collector until `shutdown`. A pass runs only when something was
-/// written since the last complete one.
+/// written since the last complete one, and large stores are scanned less
+/// often so that a full pass never takes more than a small share of the CPU.
 pub async fn run(rest: Arc<Rest>, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(SCAN_INTERVAL);
+    let mut pause = SCAN_INTERVAL;
     let mut scanned_at = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         let revision = rest.cache.revision();
         if scanned_at == Some(revision) {
             continue;
         }
+        let started = tokio::time::Instant::now();
         match scan(&rest).await {
             Ok(()) => scanned_at = Some(revision),
             Err(e) => tracing::warn!(error = %e, "garbage collection pass incomplete"),
         }
+        pause = SCAN_INTERVAL.max(started.elapsed() * PAUSE_PER_SCAN_TIME);
     }
 }
 
