@@ -11,6 +11,10 @@ packages=(
     util-linux         # setpriv: the test harness ties servers to the test process
     python3            # the test tools' virtualenv (kubernetes client)
     python3-venv
+    containerd         # the container runtime the node agent supervises
+    runc               # containerd's default OCI runtime (crun fails here)
+    containernetworking-plugins  # CNI bridge/host-local/portmap/loopback in /usr/lib/cni
+    busybox-static     # rootfs of the pause and test images the agent builds
 )
 
 missing=()
