@@ -19,6 +19,19 @@ fn helm(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The greeting the chart's ConfigMap holds.
+fn greeting(ns: &str) -> String {
+    cluster().kubectl_ok(&[
+        "get",
+        "configmap",
+        "demo-config",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.data.greeting}",
+    ])
+}
+
 #[test]
 fn install_upgrade_uninstall() {
     let cluster = cluster();
@@ -28,15 +41,7 @@ fn install_upgrade_uninstall() {
     let chart = chart.to_str().unwrap();
 
     helm(ns, &["install", "demo", chart]);
-    let greeting = cluster.kubectl_ok(&[
-        "get",
-        "configmap",
-        "demo-config",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.data.greeting}",
-    ]);
+    let greeting = greeting(ns);
     assert_eq!(greeting, "hello");
     let release = cluster.kubectl_ok(&[
         "get",
@@ -67,15 +72,7 @@ fn install_upgrade_uninstall() {
             "replicas=3",
         ],
     );
-    let greeting = cluster.kubectl_ok(&[
-        "get",
-        "configmap",
-        "demo-config",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.data.greeting}",
-    ]);
+    let greeting = greeting(ns);
     assert_eq!(greeting, "bonjour");
     let replicas = cluster.kubectl_ok(&[
         "get",
