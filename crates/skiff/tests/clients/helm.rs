@@ -20,7 +20,7 @@ fn helm(ns: &str, args: &[&str]) -> String {
 }
 
 /// The greeting the chart's ConfigMap holds.
-fn greeting(ns: &str) -> String {
+fn chart_greeting(ns: &str) -> String {
     cluster().kubectl_ok(&[
         "get",
         "configmap",
@@ -41,7 +41,7 @@ fn install_upgrade_uninstall() {
     let chart = chart.to_str().unwrap();
 
     helm(ns, &["install", "demo", chart]);
-    let greeting = greeting(ns);
+    let greeting = chart_greeting(ns);
     assert_eq!(greeting, "hello");
     let release = cluster.kubectl_ok(&[
         "get",
@@ -72,7 +72,7 @@ fn install_upgrade_uninstall() {
             "replicas=3",
         ],
     );
-    let greeting = greeting(ns);
+    let greeting = chart_greeting(ns);
     assert_eq!(greeting, "bonjour");
     let replicas = cluster.kubectl_ok(&[
         "get",
