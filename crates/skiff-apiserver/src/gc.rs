@@ -176,8 +176,7 @@ async fn owners_really_gone(rest: &Rest, node: &Node) -> ApiResult<bool> {
 async fn strip_owner(rest: &Rest, dep: &Node, owner_uid: &str) -> ApiResult<()> {
     let result = rest
         .guaranteed_update(dep.at(), |current| {
-            let mut new = current.clone();
-            object::meta_mut(&mut new).remove("resourceVersion");
+            let mut new = object::without_resource_version(current);
             let refs = object::meta_mut(&mut new)
                 .get_mut("ownerReferences")
                 .and_then(Value::as_array_mut);
@@ -206,8 +205,7 @@ async fn remove_finalizer(rest: &Rest, node: &Node, finalizer: &str) -> ApiResul
                 return Ok(Mutation::Unchanged);
             }
             let kept: Vec<String> = finalizers.into_iter().filter(|f| f != finalizer).collect();
-            let mut new = current.clone();
-            object::meta_mut(&mut new).remove("resourceVersion");
+            let mut new = object::without_resource_version(current);
             object::set_finalizers(&mut new, &kept);
             Ok(Mutation::Write(new))
         })

@@ -368,7 +368,10 @@ async fn patch(
         result.map_err(|e| ApiError::bad_request(e.to_string()))
     };
     if sub == Some("scale") {
-        let scale = write_scale(rest, at, ctx, |scale| apply_patch(&without_rv(scale))).await?;
+        let scale = write_scale(rest, at, ctx, |scale| {
+            apply_patch(&object::without_resource_version(scale))
+        })
+        .await?;
         return Ok((StatusCode::OK, scale));
     }
     check_subresource(at, sub)?;
@@ -384,12 +387,6 @@ async fn patch(
         })
         .await?;
     Ok((StatusCode::OK, updated))
-}
-
-fn without_rv(obj: &Value) -> Value {
-    let mut obj = obj.clone();
-    object::meta_mut(&mut obj).remove("resourceVersion");
-    obj
 }
 
 async fn server_side_apply(
@@ -431,7 +428,7 @@ async fn server_side_apply(
             let dry_run = ctx.dry_run;
             let updated = rest
                 .guaranteed_update(at, |current| {
-                    let mut merged = run_apply(Some(&without_rv(current)))?;
+                    let mut merged = run_apply(Some(&object::without_resource_version(current)))?;
                     let precondition = object::resource_version(&applied);
                     if !precondition.is_empty() {
                         object::meta_mut(&mut merged)
@@ -491,7 +488,7 @@ async fn bind_pod(rest: &Rest, at: ObjectRef<'_>, binding: &Value) -> ApiResult<
                 &format!("pod {} is already assigned to node \"{existing}\"", at.name),
             ));
         }
-        let mut new = without_rv(current);
+        let mut new = object::without_resource_version(current);
         new["spec"]["nodeName"] = json!(node);
         let condition = json!({
             "type": "PodScheduled",

@@ -72,8 +72,7 @@ pub async fn delete(
         if object::is_deleting(ns) {
             return Ok(Mutation::Unchanged);
         }
-        let mut new = ns.clone();
-        object::meta_mut(&mut new).remove("resourceVersion");
+        let mut new = object::without_resource_version(ns);
         object::meta_mut(&mut new).insert(
             "deletionTimestamp".into(),
             json!(object::format_time(jiff::Timestamp::now())),
@@ -146,8 +145,7 @@ async fn drain(rest: &Rest, name: &str) -> ApiResult<()> {
         name,
     };
     rest.guaranteed_update(at, |ns| {
-        let mut new = ns.clone();
-        object::meta_mut(&mut new).remove("resourceVersion");
+        let mut new = object::without_resource_version(ns);
         let kept: Vec<Value> = spec_finalizers(ns)
             .into_iter()
             .filter(|f| f != "kubernetes")

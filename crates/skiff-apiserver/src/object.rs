@@ -63,6 +63,14 @@ pub fn set_resource_version(obj: &mut Value, revision: Revision) {
     );
 }
 
+/// A copy of `obj` without `metadata.resourceVersion`: the starting point of
+/// a mutation that must not pin the revision it read.
+pub fn without_resource_version(obj: &Value) -> Value {
+    let mut obj = obj.clone();
+    meta_mut(&mut obj).remove("resourceVersion");
+    obj
+}
+
 /// `metadata.finalizers` as strings.
 pub fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
