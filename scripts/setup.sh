@@ -15,6 +15,8 @@ packages=(
     runc               # containerd's default OCI runtime (crun fails here)
     containernetworking-plugins  # CNI bridge/host-local/portmap/loopback in /usr/lib/cni
     busybox-static     # rootfs of the pause and test images the agent builds
+    iptables           # CNI bridge ipMasq and portmap (hostPort) program iptables-nft
+    nftables           # service proxy and network policy rules
 )
 
 missing=()

@@ -30,4 +30,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> tests" >&2
 # Plain `cargo test`, not nextest: nextest runs every test in its own process,
 # which would start one server per test instead of one per test binary.
-cargo test --workspace --locked --no-fail-fast
+status=0
+cargo test --workspace --locked --no-fail-fast || status=$?
+
+# The clusters shared by a test binary live in statics, which are never
+# dropped: stop the pods their node agents left running.
+skiff_bin="$CARGO_TARGET_DIR/debug/skiff"
+for dir in "${TMPDIR:-/tmp}"/skiff-test-*; do
+    if [[ -d "$dir/agent" && -x "$skiff_bin" ]]; then
+        "$skiff_bin" killall --data-dir "$dir" || echo "killall $dir failed" >&2
+    fi
+done
+exit "$status"

@@ -172,6 +172,11 @@ impl ContainerdConfig {
         }
     }
 
+    /// Where the pid of the running containerd is kept, beside its config.
+    pub fn pid_file(&self) -> PathBuf {
+        self.config_file.with_file_name("containerd.pid")
+    }
+
     /// Renders containerd's `config.toml` (config version 2, containerd 1.6+).
     pub fn render(&self) -> Result<String> {
         let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
@@ -297,6 +302,9 @@ impl Containerd {
             "writing {}",
             config.config_file.display()
         )))?;
+        // A containerd left running by a predecessor that was killed holds
+        // the root's lock: stop it first (its containers keep running).
+        stop_stale(&config.pid_file(), &config.config_file, ready_timeout)?;
         // A stale socket from a killed predecessor would look ready at once.
         match std::fs::remove_file(&config.address) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -331,6 +339,9 @@ impl Containerd {
             .stderr(log_err)
             .spawn()
             .map_err(ContainerdError::spawn(&binaries.containerd))?;
+        std::fs::write(config.pid_file(), child.id().to_string()).map_err(ContainerdError::io(
+            format!("writing {}", config.pid_file().display()),
+        ))?;
         let mut containerd = Self {
             child: Some(child),
             config,
@@ -479,6 +490,44 @@ impl Drop for Containerd {
             let _ = self.stop(DEFAULT_STOP_TIMEOUT);
         }
     }
+}
+
+/// Stops the containerd named in `pid_file` if it still runs with
+/// `config_file` (a pid alone may have been reused by another process):
+/// SIGTERM, then SIGKILL once `grace` has passed.
+fn stop_stale(pid_file: &Path, config_file: &Path, grace: Duration) -> Result<()> {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Ok(());
+    };
+    let ours = |pid: rustix::process::Pid| {
+        std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero()))
+            .map(|cmdline| {
+                let wanted = config_file.as_os_str().as_encoded_bytes();
+                cmdline.split(|b| *b == 0).any(|arg| arg == wanted)
+            })
+            .unwrap_or(false)
+    };
+    if !ours(pid) {
+        return Ok(());
+    }
+    let signal = |sig| {
+        rustix::process::kill_process(pid, sig).map_err(|e| ContainerdError::Signal(e.into()))
+    };
+    signal(rustix::process::Signal::TERM)?;
+    let deadline = Instant::now() + grace;
+    while ours(pid) {
+        if Instant::now() >= deadline {
+            signal(rustix::process::Signal::KILL)?;
+            std::thread::sleep(POLL_INTERVAL * 5);
+            break;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Ok(())
 }
 
 /// The last few KiB that containerd logged since `from`, for error messages.

@@ -1,14 +1,25 @@
-//! The Skiff node agent.
-//!
-//! This crate grows into the kubelet-equivalent of Skiff. For now it holds the
-//! two pieces the agent needs before it can run any pod:
+//! The Skiff node agent: the kubelet equivalent.
 //!
 //! - [`images`]: OCI image-layout tarballs built locally from host binaries, so
-//!   a node can run pods (which always need a pause image) with no registry and
-//!   no network.
+//!   a node can run pods (which always need a pause image) with no registry.
 //! - [`containerd`]: a supervisor for a private containerd, configured so that
 //!   CRI works on this kind of host and cannot collide with a system containerd.
+//! - [`objects`]: the seam through which env vars and volumes read ConfigMaps
+//!   and Secrets.
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod config;
 pub mod containerd;
+pub mod downward;
 pub mod images;
+pub mod locate;
+pub mod logs;
+pub mod network;
+pub mod node;
+pub mod objects;
+pub mod pods;
+pub mod probes;
+pub mod server;
+pub mod streaming;
+pub mod volumes;

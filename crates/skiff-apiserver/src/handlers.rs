@@ -24,6 +24,9 @@ use skiff_api::managed_fields::BuiltinSchema;
 
 /// Serves one resource request.
 pub async fn serve(rest: Arc<Rest>, request: axum::extract::Request) -> Response {
+    if crate::node_proxy::is_node_subresource(request.uri().path()) {
+        return crate::node_proxy::serve(rest, request).await;
+    }
     let (parts, body) = request.into_parts();
     let result = async {
         let target =

@@ -14,6 +14,7 @@ pub mod gc;
 mod handlers;
 pub mod list;
 pub mod namespaces;
+pub mod node_proxy;
 pub mod object;
 pub mod openapi;
 pub mod request;
@@ -59,6 +60,9 @@ pub struct ServerOptions {
     pub advertise: SocketAddr,
     /// Bearer tokens accepted besides client certificates.
     pub bearer_tokens: Vec<String>,
+    /// Credentials for the node agents' APIs (pod logs, exec, attach,
+    /// port-forward); without them those subresources answer 503.
+    pub kubelet_client: Option<node_proxy::KubeletClientTls>,
 }
 
 /// Why the server stopped with an error.
@@ -79,6 +83,9 @@ pub enum ServeError {
     /// Bootstrapping the built-in objects failed.
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] ApiError),
+    /// The kubelet client credentials are unusable.
+    #[error(transparent)]
+    KubeletClient(#[from] node_proxy::NodeProxyError),
 }
 
 /// Starts the API machinery over `store`: the watch cache and the built-in
@@ -99,8 +106,17 @@ pub async fn start(
 
 /// Serves the API over TLS until `shutdown` is cancelled.
 pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let node_proxy = options
+        .kubelet_client
+        .as_ref()
+        .map(node_proxy::NodeProxy::new)
+        .transpose()?;
     let rest = start(options.store, options.advertise, shutdown.clone()).await?;
-    let router = app(rest).layer(axum::middleware::from_fn_with_state(
+    let mut router = app(rest);
+    if let Some(node_proxy) = node_proxy {
+        router = node_proxy.attach(router);
+    }
+    let router = router.layer(axum::middleware::from_fn_with_state(
         auth::Tokens(Arc::new(options.bearer_tokens)),
         auth::authenticate,
     ));

@@ -18,9 +18,10 @@ use crate::v1::{
     ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
     PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveContainerRequest,
     RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse, RemovePodSandboxRequest,
-    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest,
-    StartContainerResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, VersionRequest, VersionResponse,
+    RemovePodSandboxResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
+    RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest, StartContainerResponse,
+    StopContainerRequest, StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse,
+    VersionRequest, VersionResponse,
 };
 use crate::{CriError, ImageService, Op, RuntimeService};
 
@@ -260,6 +261,31 @@ impl RuntimeService for CriClient {
                 timeout: deadline,
             }),
         }
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse, CriError> {
+        let target = req.container_id.clone();
+        answer(
+            Op::ReopenContainerLog,
+            target,
+            self.runtime().reopen_container_log(req).await,
+        )
+    }
+
+    async fn exec(&self, req: crate::v1::ExecRequest) -> Result<crate::v1::ExecResponse, CriError> {
+        let target = req.container_id.clone();
+        answer(Op::Exec, target, self.runtime().exec(req).await)
+    }
+
+    async fn attach(
+        &self,
+        req: crate::v1::AttachRequest,
+    ) -> Result<crate::v1::AttachResponse, CriError> {
+        let target = req.container_id.clone();
+        answer(Op::Attach, target, self.runtime().attach(req).await)
     }
 }
 

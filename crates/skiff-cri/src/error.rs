@@ -38,6 +38,12 @@ pub enum Op {
     ContainerStatus,
     /// `RuntimeService/ExecSync`
     ExecSync,
+    /// `RuntimeService/Exec`
+    Exec,
+    /// `RuntimeService/Attach`
+    Attach,
+    /// `RuntimeService/ReopenContainerLog`
+    ReopenContainerLog,
     /// `ImageService/ListImages`
     ListImages,
     /// `ImageService/ImageStatus`
@@ -65,6 +71,9 @@ impl Op {
             Op::ListContainers => "ListContainers",
             Op::ContainerStatus => "ContainerStatus",
             Op::ExecSync => "ExecSync",
+            Op::Exec => "Exec",
+            Op::Attach => "Attach",
+            Op::ReopenContainerLog => "ReopenContainerLog",
             Op::ListImages => "ListImages",
             Op::ImageStatus => "ImageStatus",
             Op::PullImage => "PullImage",
@@ -141,6 +150,15 @@ impl CriError {
         }
     }
 
+    /// What the runtime said, without the call and target: the text
+    /// upstream's kubelet puts in events and waiting messages.
+    pub fn message(&self) -> String {
+        match self {
+            CriError::Rpc { status, .. } => status.message().to_string(),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the runtime said the object does not exist, which callers
     /// cleaning up usually treat as success.
     pub fn is_not_found(&self) -> bool {
@@ -164,6 +182,7 @@ mod tests {
             "CRI StartContainer(c1) failed: NotFound: no such container"
         );
         assert!(err.is_not_found());
+        assert_eq!(err.message(), "no such container");
     }
 
     #[test]

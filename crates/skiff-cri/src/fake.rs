@@ -32,9 +32,10 @@ use crate::v1::{
     PodSandbox, PodSandboxConfig, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
     PodSandboxStatusRequest, PodSandboxStatusResponse, PullImageRequest, PullImageResponse,
     RemoveContainerRequest, RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse,
-    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
-    StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse,
-    StopPodSandboxRequest, StopPodSandboxResponse, VersionRequest, VersionResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, ReopenContainerLogRequest,
+    ReopenContainerLogResponse, RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest,
+    StartContainerResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest,
+    StopPodSandboxResponse, VersionRequest, VersionResponse,
 };
 use crate::{CriError, ImageService, Op, RuntimeService};
 
@@ -70,6 +71,8 @@ struct State {
     calls: Vec<Call>,
     failures: HashMap<Op, VecDeque<Status>>,
     exec_responses: VecDeque<ExecSyncResponse>,
+    /// Every `ExecSync` request with the client-side deadline it carried.
+    exec_requests: Vec<(ExecSyncRequest, Duration)>,
 }
 
 #[derive(Debug)]
@@ -261,6 +264,12 @@ impl FakeRuntime {
         self.lock().exec_responses.push_back(response);
     }
 
+    /// Every `ExecSync` request received so far (failed ones included), with
+    /// the client-side deadline the caller passed, oldest first.
+    pub fn exec_requests(&self) -> Vec<(ExecSyncRequest, Duration)> {
+        self.lock().exec_requests.clone()
+    }
+
     /// Records the call, then applies `f` to the state unless a failure was
     /// queued for `op`. One lock for the whole call keeps calls atomic.
     fn call<T>(
@@ -281,6 +290,35 @@ impl FakeRuntime {
         };
         result.map_err(|status| CriError::rpc(op, target, status))
     }
+}
+
+/// The stream flags containerd accepts for `Exec` and `Attach`: at least one
+/// stream, and no separate stderr on a terminal.
+fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), Status> {
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout, or stderr must be set",
+        ));
+    }
+    if tty && stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true",
+        ));
+    }
+    Ok(())
+}
+
+/// A streaming URL for a running container (`kind` is `exec` or `attach`).
+/// Nothing listens there: the fake only proves the agent asked correctly.
+fn streaming_url(state: &mut State, id: &str, kind: &str) -> Result<String, Status> {
+    let container = state.container_mut(id)?;
+    if container.state != ContainerState::ContainerRunning {
+        return Err(Status::failed_precondition(format!(
+            "container {id:?} is not running"
+        )));
+    }
+    let token = state.new_id();
+    Ok(format!("http://streaming.fake.invalid/{kind}/{token}"))
 }
 
 fn image_target(spec: Option<&ImageSpec>) -> &str {
@@ -626,8 +664,9 @@ impl RuntimeService for FakeRuntime {
     async fn exec_sync(
         &self,
         req: ExecSyncRequest,
-        _deadline: Duration,
+        deadline: Duration,
     ) -> Result<ExecSyncResponse, CriError> {
+        self.lock().exec_requests.push((req.clone(), deadline));
         let id = req.container_id;
         self.call(Op::ExecSync, &id, |state| {
             let container = state.container_mut(&id)?;
@@ -638,6 +677,55 @@ impl RuntimeService for FakeRuntime {
             }
             Ok(state.exec_responses.pop_front().unwrap_or_default())
         })
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse, CriError> {
+        let id = req.container_id;
+        self.call(Op::ReopenContainerLog, &id, |state| {
+            let container = state.container_mut(&id)?;
+            if container.state != ContainerState::ContainerRunning {
+                return Err(Status::failed_precondition(format!(
+                    "container {id:?} is not running"
+                )));
+            }
+            // As containerd does: a fresh file at the log path, which the
+            // agent has just renamed away.
+            if !container.log_path.is_empty() {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&container.log_path)
+                    .map_err(|e| Status::internal(format!("reopening the log: {e}")))?;
+            }
+            Ok(ReopenContainerLogResponse {})
+        })
+    }
+
+    async fn exec(&self, req: crate::v1::ExecRequest) -> Result<crate::v1::ExecResponse, CriError> {
+        let id = req.container_id;
+        self.call(Op::Exec, &id, |state| {
+            if req.cmd.is_empty() {
+                return Err(Status::invalid_argument("cmd must not be empty"));
+            }
+            check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
+            streaming_url(state, &id, "exec")
+        })
+        .map(|url| crate::v1::ExecResponse { url })
+    }
+
+    async fn attach(
+        &self,
+        req: crate::v1::AttachRequest,
+    ) -> Result<crate::v1::AttachResponse, CriError> {
+        let id = req.container_id;
+        self.call(Op::Attach, &id, |state| {
+            check_streams(req.stdin, req.stdout, req.stderr, req.tty)?;
+            streaming_url(state, &id, "attach")
+        })
+        .map(|url| crate::v1::AttachResponse { url })
     }
 }
 
@@ -1126,5 +1214,64 @@ mod tests {
             .expect("remove is idempotent");
         }
         assert!(image_status("busybox").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn exec_and_attach_hand_out_urls_for_running_containers_only() {
+        let fake = FakeRuntime::new();
+        fake.add_image(IMAGE);
+        let sandbox = run_sandbox(&fake, "web").await;
+        let id = create(&fake, &sandbox, "app").await;
+        let exec = crate::v1::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into()],
+            stdin: true,
+            stdout: true,
+            tty: true,
+            ..crate::v1::ExecRequest::default()
+        };
+        let err = fake.exec(exec.clone()).await.expect_err("not started");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+
+        start(&fake, &id).await.expect("start");
+        let url = fake.exec(exec.clone()).await.expect("exec").url;
+        assert!(
+            url.starts_with("http://") && url.contains("/exec/"),
+            "{url}"
+        );
+        let again = fake.exec(exec.clone()).await.expect("exec").url;
+        assert_ne!(url, again, "each session gets its own URL");
+
+        // containerd's rules: a terminal has no separate stderr, and some
+        // stream must be asked for.
+        let err = fake
+            .exec(crate::v1::ExecRequest {
+                stderr: true,
+                ..exec.clone()
+            })
+            .await
+            .expect_err("tty and stderr");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = fake
+            .attach(crate::v1::AttachRequest {
+                container_id: id.clone(),
+                ..crate::v1::AttachRequest::default()
+            })
+            .await
+            .expect_err("no streams");
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        let url = fake
+            .attach(crate::v1::AttachRequest {
+                container_id: id.clone(),
+                stdout: true,
+                ..crate::v1::AttachRequest::default()
+            })
+            .await
+            .expect("attach")
+            .url;
+        assert!(url.contains("/attach/"), "{url}");
+        assert_eq!(fake.call_count(Op::Exec), 4);
+        assert_eq!(fake.call_count(Op::Attach), 2);
     }
 }

@@ -17,9 +17,10 @@ use crate::v1::{
     ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
     PodSandboxStatusResponse, PullImageRequest, PullImageResponse, RemoveContainerRequest,
     RemoveContainerResponse, RemoveImageRequest, RemoveImageResponse, RemovePodSandboxRequest,
-    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest,
-    StartContainerResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, VersionRequest, VersionResponse,
+    RemovePodSandboxResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
+    RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest, StartContainerResponse,
+    StopContainerRequest, StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse,
+    VersionRequest, VersionResponse,
 };
 
 /// Pod sandboxes and containers (CRI `RuntimeService`).
@@ -110,6 +111,27 @@ pub trait RuntimeService: Send + Sync {
         req: ExecSyncRequest,
         deadline: Duration,
     ) -> Result<ExecSyncResponse, CriError>;
+
+    /// Asks the runtime to reopen the container's log file at its path,
+    /// after the agent renamed the old one away (log rotation). Fails on a
+    /// container that is not running.
+    async fn reopen_container_log(
+        &self,
+        req: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse, CriError>;
+
+    /// Prepares a streaming exec of `req.cmd` in a running container and
+    /// returns the URL of the runtime's streaming server that runs it once a
+    /// client connects (the kubelet streaming protocols: SPDY or WebSocket
+    /// `v4.channel.k8s.io`). The URL is single-use and expires if unused.
+    async fn exec(&self, req: crate::v1::ExecRequest) -> Result<crate::v1::ExecResponse, CriError>;
+
+    /// Like [`RuntimeService::exec`], for attaching to the container's main
+    /// process instead of starting a new one.
+    async fn attach(
+        &self,
+        req: crate::v1::AttachRequest,
+    ) -> Result<crate::v1::AttachResponse, CriError>;
 }
 
 /// Images on the node (CRI `ImageService`).

@@ -17,6 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::process::{self, LineWatcher, TiedCommand};
 use crate::tools::tools;
 
+/// The node name of clusters started with an agent.
+pub const NODE_NAME: &str = "skiff-test-node";
+
 /// How long a server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM before it is killed.
@@ -34,6 +37,15 @@ pub fn shared(skiff_bin: &str) -> &'static TestCluster {
     SHARED.get_or_init(|| TestCluster::start(skiff_bin))
 }
 
+/// Like [`shared`], but the cluster runs the local node agent (a private
+/// containerd and real pods). Its pods outlive the test binary, because the
+/// static is never dropped; `scripts/test.sh` and the next start remove them
+/// with `skiff killall`.
+pub fn shared_with_agent(skiff_bin: &str) -> &'static TestCluster {
+    static SHARED: OnceLock<TestCluster> = OnceLock::new();
+    SHARED.get_or_init(|| TestCluster::start_with_agent(skiff_bin))
+}
+
 /// A running `skiff server` with a temporary data directory. The process is
 /// killed and the directory removed on drop (and the process also dies with
 /// the test binary, see [`TiedCommand`]).
@@ -45,6 +57,8 @@ pub struct TestCluster {
     namespaces: AtomicU32,
     /// Extra `skiff server` flags, given on every (re)start.
     extra_args: Vec<String>,
+    /// The node agent's kubelet port, when the cluster runs an agent.
+    kubelet_port: Option<u16>,
 }
 
 impl TestCluster {
@@ -57,18 +71,30 @@ impl TestCluster {
     /// [`start`](Self::start) with extra `skiff server` flags, kept for restarts
     /// (e.g. `--compaction-interval 1s`).
     pub fn start_with_args(skiff_bin: impl Into<PathBuf>, extra_args: &[&str]) -> TestCluster {
-        remove_stale_data_dirs();
+        Self::start_inner(skiff_bin.into(), extra_args, false)
+    }
+
+    /// A cluster whose server also runs the local node agent, so pods really
+    /// run. The node is named [`NODE_NAME`]; the agent gets its own bridge
+    /// and kubelet port.
+    pub fn start_with_agent(skiff_bin: impl Into<PathBuf>) -> TestCluster {
+        Self::start_inner(skiff_bin.into(), &[], true)
+    }
+
+    fn start_inner(bin: PathBuf, extra_args: &[&str], agent: bool) -> TestCluster {
+        remove_stale_data_dirs(&bin);
         let data_dir = tempfile::Builder::new()
             .prefix(&format!("{DATA_DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .expect("cannot create a temporary data directory");
         let mut cluster = TestCluster {
-            bin: skiff_bin.into(),
+            bin,
             data_dir,
             port: 0,
             child: None,
             namespaces: AtomicU32::new(0),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            kubelet_port: agent.then(free_port),
         };
         cluster.launch();
         cluster
@@ -121,6 +147,15 @@ impl TestCluster {
     /// panics with kubectl's stderr.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         expect_success(args, self.kubectl(args))
+    }
+
+    /// `kubectl <args> -o json`, parsed.
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let out = self.kubectl_ok(&full);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("kubectl {full:?} printed bad JSON ({e}):\n{out}"))
     }
 
     /// [`kubectl_ok`](Self::kubectl_ok) with `stdin` as kubectl's input.
@@ -229,6 +264,7 @@ impl TestCluster {
             .args(["--bind-address", "127.0.0.1", "--https-port"])
             .arg(self.port.to_string())
             .args(&self.extra_args)
+            .args(self.agent_args())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -239,6 +275,22 @@ impl TestCluster {
         command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()))
+    }
+
+    /// Flags that turn the node agent off, or give it names and ports of its
+    /// own so it cannot collide with another cluster on this machine.
+    fn agent_args(&self) -> Vec<String> {
+        match self.kubelet_port {
+            None => vec!["--disable-agent".into()],
+            Some(port) => vec![
+                "--node-name".into(),
+                NODE_NAME.into(),
+                "--kubelet-port".into(),
+                port.to_string(),
+                "--bridge".into(),
+                format!("skt{}", std::process::id() % 100_000),
+            ],
+        }
     }
 
     /// Poll `/readyz` until it answers 200. `Err(Exited)` if the process exited
@@ -303,6 +355,26 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill9();
+        if self.kubelet_port.is_some() {
+            killall(&self.bin, self.data_dir());
+        }
+    }
+}
+
+/// Stops every pod, the containerd and the mounts of the agent whose data
+/// dir is `data_dir` (`skiff killall`).
+fn killall(bin: &Path, data_dir: &Path) {
+    let mut command = Command::new(bin);
+    command.arg("killall").arg("--data-dir").arg(data_dir);
+    // Not `output_with_timeout`: this runs in `Drop`, where a panic aborts.
+    match command.stdin(Stdio::null()).output() {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => eprintln!(
+            "skiff killall {} failed: {}",
+            data_dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) => eprintln!("skiff killall {}: {e}", data_dir.display()),
     }
 }
 
@@ -392,8 +464,9 @@ fn free_port() -> u16 {
 }
 
 /// Remove data directories left by test processes that no longer exist (the
-/// shared cluster lives in a static, whose destructor never runs).
-fn remove_stale_data_dirs() {
+/// shared cluster lives in a static, whose destructor never runs), stopping
+/// the pods of their agents first.
+fn remove_stale_data_dirs(bin: &Path) {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
@@ -408,6 +481,9 @@ fn remove_stale_data_dirs() {
             continue;
         };
         if !Path::new("/proc").join(pid.to_string()).exists() {
+            if entry.path().join("agent").exists() {
+                killall(bin, &entry.path());
+            }
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -440,7 +516,7 @@ mod tests {
             std::env::temp_dir().join(format!("{DATA_DIR_PREFIX}{}-unit", std::process::id()));
         fs::create_dir_all(&stale).unwrap();
         fs::create_dir_all(&live).unwrap();
-        remove_stale_data_dirs();
+        remove_stale_data_dirs(Path::new("/nonexistent/skiff"));
         assert!(!stale.exists());
         assert!(live.exists());
         fs::remove_dir_all(&live).unwrap();

@@ -13,6 +13,18 @@ use rustix::process::{Pid, Signal, kill_process};
 /// How long a client command may take before the test fails.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Poll `check` every 100 ms until it returns true; panics after `timeout`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Run `command` to completion, feeding it `stdin`, and return its output.
 /// Panics if it runs longer than `timeout`, after killing it.
 pub fn output_with_timeout(

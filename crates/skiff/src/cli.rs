@@ -21,6 +21,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane: the Kubernetes API server over the embedded store.
     Server(ServerArgs),
+    /// Stop every pod the node agent started, its containerd, mounts and
+    /// bridge (to uninstall, or to clean a machine up).
+    Killall(KillallArgs),
+}
+
+/// Flags of `skiff killall`.
+#[derive(Debug, Args)]
+pub struct KillallArgs {
+    /// The data dir of the server or agent whose pods to stop.
+    #[arg(long, default_value = "/var/lib/skiff", value_name = "DIR")]
+    pub data_dir: PathBuf,
 }
 
 /// Flags of `skiff server`.
@@ -55,6 +66,59 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1000, value_name = "N",
           value_parser = clap::value_parser!(i64).range(0..))]
     pub compaction_keep_revisions: i64,
+
+    /// Run only the control plane, with no node agent on this machine.
+    #[arg(long)]
+    pub disable_agent: bool,
+
+    /// Pod CIDR of the whole cluster; each node gets a /24 of it.
+    #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
+    pub cluster_cidr: String,
+
+    /// The local node agent.
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// Flags of the node agent (in `skiff server`, for its local agent).
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The node's name. Defaults to the host name.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// The node's IP, reported as its InternalIP. Defaults to the advertised
+    /// address.
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<IpAddr>,
+
+    /// Use this CRI socket instead of starting a private containerd.
+    #[arg(long, value_name = "SOCKET")]
+    pub container_runtime_endpoint: Option<PathBuf>,
+
+    /// Port of the node's kubelet API (HTTPS: logs, exec, port-forward).
+    #[arg(long, default_value_t = 10250, value_name = "PORT")]
+    pub kubelet_port: u16,
+
+    /// Linux bridge the pods of this node attach to.
+    #[arg(long, default_value = "skiff0", value_parser = parse_interface_name, value_name = "NAME")]
+    pub bridge: String,
+}
+
+/// A Linux interface name: 1 to 15 bytes, no `/`, whitespace or NUL.
+fn parse_interface_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 15
+        && text != "."
+        && text != ".."
+        && !text
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err("an interface name has 1 to 15 characters and no '/' or spaces".into())
+    }
 }
 
 /// Parse a duration written as Go and Kubernetes flags write them: one or more
@@ -124,12 +188,19 @@ mod tests {
     #[test]
     fn server_defaults() {
         let cli = Cli::try_parse_from(["skiff", "server"]).unwrap();
-        let Command::Server(args) = cli.command;
+        let Command::Server(args) = cli.command else {
+            panic!("expected the server command")
+        };
         assert_eq!(args.data_dir, PathBuf::from("/var/lib/skiff"));
         assert_eq!(args.bind_address.to_string(), "0.0.0.0");
         assert_eq!(args.https_port, 6443);
         assert_eq!(args.advertise_address, None);
         assert_eq!(args.compaction_interval, Duration::from_secs(300));
+        assert!(!args.disable_agent);
+        assert_eq!(args.cluster_cidr, "10.42.0.0/16");
+        assert_eq!(args.agent.kubelet_port, 10250);
+        assert_eq!(args.agent.bridge, "skiff0");
+        assert_eq!(args.agent.node_name, None);
     }
 
     #[test]
@@ -151,13 +222,26 @@ mod tests {
             "50",
         ])
         .unwrap();
-        let Command::Server(args) = cli.command;
+        let Command::Server(args) = cli.command else {
+            panic!("expected the server command")
+        };
         assert_eq!(args.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(args.bind_address.to_string(), "::1");
         assert_eq!(args.https_port, 7443);
         assert_eq!(args.advertise_address.unwrap().to_string(), "10.0.0.5");
         assert_eq!(args.compaction_interval, Duration::from_secs(30));
         assert_eq!(args.compaction_keep_revisions, 50);
+    }
+
+    #[test]
+    fn bridge_names_must_fit_the_kernel_limit() {
+        assert_eq!(parse_interface_name("skiff0"), Ok("skiff0".into()));
+        for bad in ["", "a-name-longer-than-15", "a/b", "a b", ".."] {
+            assert!(
+                parse_interface_name(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
     }
 
     #[test]

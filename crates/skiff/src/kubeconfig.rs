@@ -117,6 +117,10 @@ mod tests {
             server_key: "SK".into(),
             admin_cert: "AC".into(),
             admin_key: "AK".into(),
+            kubelet_client_cert: "KC".into(),
+            kubelet_client_key: "KK".into(),
+            kubelet_serving_cert: "KSC".into(),
+            kubelet_serving_key: "KSK".into(),
         };
         let text = render("https://127.0.0.1:6443", &pki).unwrap();
         let expected = "\

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Server(args) => server::run(args),
+        Command::Killall(args) => server::killall(&args.data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

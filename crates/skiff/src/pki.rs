@@ -36,6 +36,14 @@ pub const SERVER_KEY: &str = "server.key";
 pub const ADMIN_CERT: &str = "admin.crt";
 /// The admin client certificate's key.
 pub const ADMIN_KEY: &str = "admin.key";
+/// The client certificate the API server presents to node agents.
+pub const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+/// Its key.
+pub const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+/// The local node agent's serving certificate (its kubelet API).
+pub const KUBELET_SERVING_CERT: &str = "kubelet.crt";
+/// Its key.
+pub const KUBELET_SERVING_KEY: &str = "kubelet.key";
 
 /// The admin identity: upstream's superuser group binds `system:masters` to
 /// `cluster-admin`.
@@ -67,6 +75,15 @@ pub struct Pki {
     pub admin_cert: String,
     /// The admin client certificate's key.
     pub admin_key: String,
+    /// The API server's client certificate for node agents' kubelet API.
+    pub kubelet_client_cert: String,
+    /// Its key.
+    pub kubelet_client_key: String,
+    /// The local node agent's serving certificate (same names as the API
+    /// server's: it runs on the same host).
+    pub kubelet_serving_cert: String,
+    /// Its key.
+    pub kubelet_serving_key: String,
 }
 
 /// The names and addresses the serving certificate must cover.
@@ -147,7 +164,12 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
     let (ca_key, ca_cert, ca_is_new) = match load_pair(dir, CA_CERT, CA_KEY)? {
         Some((cert, key)) => (key, cert, false),
         None => {
-            for leaf in [SERVER_CERT, ADMIN_CERT] {
+            for leaf in [
+                SERVER_CERT,
+                ADMIN_CERT,
+                KUBELET_CLIENT_CERT,
+                KUBELET_SERVING_CERT,
+            ] {
                 if dir.join(leaf).exists() {
                     bail!(
                         "{} exists but the CA that signed it is missing; \
@@ -200,7 +222,40 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
         &issuer,
     )?;
 
+    let kubelet_client = ensure_leaf(
+        dir,
+        KUBELET_CLIENT_CERT,
+        KUBELET_CLIENT_KEY,
+        ca_is_new,
+        || {
+            let mut params = CertificateParams::default();
+            params.distinguished_name =
+                distinguished_name("kube-apiserver-kubelet-client", Some(ADMIN_GROUP));
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            Ok(leaf_params(params, now))
+        },
+        &issuer,
+    )?;
+    let kubelet_serving = ensure_leaf(
+        dir,
+        KUBELET_SERVING_CERT,
+        KUBELET_SERVING_KEY,
+        ca_is_new,
+        || {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = names.san_types()?;
+            params.distinguished_name = distinguished_name("kubelet", None);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            Ok(leaf_params(params, now))
+        },
+        &issuer,
+    )?;
+
     Ok(Pki {
+        kubelet_client_cert: kubelet_client.0,
+        kubelet_client_key: kubelet_client.1,
+        kubelet_serving_cert: kubelet_serving.0,
+        kubelet_serving_key: kubelet_serving.1,
         ca_cert,
         server_cert: server.0,
         server_key: server.1,

@@ -95,9 +95,25 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             advertise,
             // Agents will join with the bootstrap token.
             bearer_tokens: vec![bootstrap_token],
+            kubelet_client: Some(skiff_apiserver::node_proxy::KubeletClientTls {
+                ca_pem: pki.ca_cert.clone(),
+                cert_pem: pki.kubelet_client_cert.clone(),
+                key_pem: pki.kubelet_client_key.clone(),
+            }),
         };
-        let served = skiff_apiserver::run(options, shutdown.clone()).await;
+        let components = Components {
+            args: &args,
+            data_dir,
+            kubeconfig: &kubeconfig_path,
+            pki: &pki,
+            node_ip: args.agent.node_ip.unwrap_or(advertise.ip()),
+        };
+        let (served, components) = tokio::join!(
+            skiff_apiserver::run(options, shutdown.clone()),
+            components.run(shutdown.clone()),
+        );
         shutdown.cancel();
+        components?;
         // The compactor finishes a compaction in progress and stops. A panic in
         // it was already reported and must not mask how serving ended.
         if let Some(compactor) = compactor {
@@ -105,6 +121,108 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         served.context("serving the API")
     })
+}
+
+/// What runs beside the API server and talks to it through the API: the
+/// scheduler, the controllers and, unless disabled, the local node agent.
+struct Components<'a> {
+    args: &'a ServerArgs,
+    data_dir: &'a Path,
+    kubeconfig: &'a Path,
+    pki: &'a pki::Pki,
+    node_ip: IpAddr,
+}
+
+impl Components<'_> {
+    /// Runs until `shutdown`; a component that fails stops the server.
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let result = self.run_inner(&shutdown).await;
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        result
+    }
+
+    async fn run_inner(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let client = skiff_client::connect::from_kubeconfig(self.kubeconfig)
+            .await
+            .context("building the in-cluster client")?;
+        let cluster_cidr = self
+            .args
+            .cluster_cidr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--cluster-cidr {}: {e}", self.args.cluster_cidr))?;
+        let ipam = skiff_controllers::node_ipam::run(
+            client.clone(),
+            skiff_controllers::node_ipam::NodeIpamConfig {
+                cluster_cidr,
+                ..Default::default()
+            },
+            shutdown.child_token(),
+        );
+        let scheduler = skiff_scheduler::run(
+            client.clone(),
+            skiff_scheduler::SchedulerConfig::default(),
+            shutdown.child_token(),
+        );
+        let agent = async {
+            if self.args.disable_agent {
+                return Ok(());
+            }
+            let options = self.agent_options()?;
+            skiff_agent::agent::run(options, client.clone(), shutdown.child_token())
+                .await
+                .context("node agent")
+        };
+        // The first failure ends the others (and `run` stops the server).
+        tokio::try_join!(
+            async { ipam.await.context("node IPAM controller") },
+            async { scheduler.await.context("scheduler") },
+            agent,
+        )?;
+        Ok(())
+    }
+
+    fn agent_options(&self) -> anyhow::Result<skiff_agent::agent::AgentOptions> {
+        let agent = &self.args.agent;
+        let node_name = match &agent.node_name {
+            Some(name) => name.clone(),
+            None => pki::hostname()
+                .context("cannot read the host name; pass --node-name")?
+                .to_lowercase(),
+        };
+        Ok(skiff_agent::agent::AgentOptions {
+            dir: self.data_dir.join("agent"),
+            node_name,
+            node_ip: self.node_ip,
+            container_runtime_endpoint: agent.container_runtime_endpoint.clone(),
+            kubelet_listen: SocketAddr::new(self.args.bind_address, agent.kubelet_port),
+            kubelet_cert_pem: self.pki.kubelet_serving_cert.clone(),
+            kubelet_key_pem: self.pki.kubelet_serving_key.clone(),
+            client_ca_pem: self.pki.ca_cert.clone(),
+            labels: [(
+                "node-role.kubernetes.io/control-plane".to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+            cluster_dns: None,
+            bridge: agent.bridge.clone(),
+        })
+    }
+}
+
+/// `skiff killall`: stop the pods of the agent under `data_dir`.
+pub fn killall(data_dir: &Path) -> anyhow::Result<()> {
+    let agent_dir = data_dir.join("agent");
+    if !agent_dir.exists() {
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(skiff_agent::agent::killall(&agent_dir))
+        .with_context(|| format!("stopping the pods under {}", agent_dir.display()))
 }
 
 /// Cancel `shutdown` on the first SIGTERM or SIGINT; exit at once on a second,

@@ -1,0 +1,353 @@
+//! What the container runtime holds for each pod, read back through CRI.
+//!
+//! The agent keeps no state of its own about containers: after a restart
+//! (or a `kill -9`) it finds every sandbox and container again by the labels
+//! it put on them, as upstream's kubelet does. [`RuntimeView`] reads that
+//! state, caching `ContainerStatus` answers per container id and state so a
+//! relist costs two list calls plus one status call per container that
+//! changed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use skiff_cri::v1::{
+    ContainerFilter, ContainerState, ContainerStatusRequest, ListContainersRequest,
+    ListPodSandboxRequest, PodSandboxFilter, PodSandboxState, PodSandboxStatusRequest,
+};
+use skiff_cri::{CriError, RuntimeService};
+
+/// Label on sandboxes and containers naming the pod's uid.
+pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
+
+/// One sandbox of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    /// CRI id.
+    pub id: String,
+    /// How many sandboxes were created for the pod before this one.
+    pub attempt: u32,
+    /// Whether it is `SANDBOX_READY`.
+    pub ready: bool,
+    /// Creation time, nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The pod IP the CNI plugin gave it.
+    pub ip: Option<IpAddr>,
+    /// Its network namespace, when it has one.
+    pub netns: Option<PathBuf>,
+}
+
+/// One container instance (a restart makes a new instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// CRI id.
+    pub id: String,
+    /// The sandbox it runs in.
+    pub sandbox_id: String,
+    /// The container's name in the pod spec.
+    pub name: String,
+    /// The restart count this instance was created with.
+    pub attempt: u32,
+    /// CRI state.
+    pub state: ContainerState,
+    /// Nanoseconds since the epoch; 0 when not yet.
+    pub created_at: i64,
+    /// Nanoseconds since the epoch; 0 when not yet.
+    pub started_at: i64,
+    /// Nanoseconds since the epoch; 0 when not yet.
+    pub finished_at: i64,
+    /// Exit code, once exited.
+    pub exit_code: i32,
+    /// The runtime's reason for the exit (`OOMKilled`, `Completed`, `Error`).
+    pub reason: String,
+    /// The runtime's message about the exit.
+    pub message: String,
+    /// The image as the pod spec names it.
+    pub image: String,
+    /// The resolved image id.
+    pub image_ref: String,
+    /// Its log file.
+    pub log_path: String,
+}
+
+impl ContainerRecord {
+    /// Whether the instance is running.
+    pub fn running(&self) -> bool {
+        self.state == ContainerState::ContainerRunning
+    }
+
+    /// Whether the instance has exited (or can no longer be known).
+    pub fn exited(&self) -> bool {
+        matches!(
+            self.state,
+            ContainerState::ContainerExited | ContainerState::ContainerUnknown
+        )
+    }
+}
+
+/// Everything the runtime holds for one pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRuntime {
+    /// Its sandboxes, newest first.
+    pub sandboxes: Vec<SandboxRecord>,
+    /// Its container instances, newest first.
+    pub containers: Vec<ContainerRecord>,
+}
+
+impl PodRuntime {
+    /// The newest sandbox, if it is ready.
+    pub fn ready_sandbox(&self) -> Option<&SandboxRecord> {
+        self.sandboxes.first().filter(|s| s.ready)
+    }
+
+    /// The newest instance of container `name` in sandbox `sandbox_id`.
+    pub fn latest(&self, sandbox_id: &str, name: &str) -> Option<&ContainerRecord> {
+        self.containers
+            .iter()
+            .find(|c| c.sandbox_id == sandbox_id && c.name == name)
+    }
+
+    /// The newest instance of `name` in any sandbox (for status after the
+    /// sandbox is gone).
+    pub fn latest_anywhere(&self, name: &str) -> Option<&ContainerRecord> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The instance before the newest one of `name` in the same sandbox.
+    pub fn previous(&self, name: &str) -> Option<&ContainerRecord> {
+        self.containers.iter().filter(|c| c.name == name).nth(1)
+    }
+
+    /// Whether anything runs.
+    pub fn any_running(&self) -> bool {
+        self.containers.iter().any(ContainerRecord::running)
+            || self.sandboxes.iter().any(|s| s.ready)
+    }
+}
+
+/// Reads pod state from the runtime, with a status cache.
+pub struct RuntimeView {
+    runtime: Arc<dyn RuntimeService>,
+    /// `ContainerStatus` answers by container id, with the state they were
+    /// read in: reused until the listed state differs.
+    container_cache: Mutex<HashMap<String, ContainerRecord>>,
+    /// Sandbox IPs and netns by sandbox id, with readiness.
+    sandbox_cache: Mutex<HashMap<String, SandboxRecord>>,
+}
+
+impl RuntimeView {
+    /// A view over `runtime`.
+    pub fn new(runtime: Arc<dyn RuntimeService>) -> Self {
+        Self {
+            runtime,
+            container_cache: Mutex::new(HashMap::new()),
+            sandbox_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The runtime state of the pod with `uid`.
+    pub async fn pod(&self, uid: &str) -> Result<PodRuntime, CriError> {
+        let labels = HashMap::from([(POD_UID_LABEL.to_string(), uid.to_string())]);
+        let sandboxes = self
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: labels.clone(),
+                    ..PodSandboxFilter::default()
+                }),
+            })
+            .await?
+            .items;
+        let containers = self
+            .runtime
+            .list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    label_selector: labels,
+                    ..ContainerFilter::default()
+                }),
+            })
+            .await?
+            .containers;
+        let mut pod = PodRuntime::default();
+        for sandbox in sandboxes {
+            let ready = sandbox.state == PodSandboxState::SandboxReady as i32;
+            pod.sandboxes
+                .push(self.sandbox_record(&sandbox.id, ready).await?);
+        }
+        for container in containers {
+            let listed = (container.state, container.pod_sandbox_id.as_str());
+            if let Some(record) = self.container_record(&container.id, listed).await? {
+                pod.containers.push(record);
+            }
+        }
+        pod.sandboxes
+            .sort_by_key(|s| std::cmp::Reverse((s.attempt, s.created_at)));
+        pod.containers
+            .sort_by_key(|c| std::cmp::Reverse((c.created_at, c.attempt)));
+        Ok(pod)
+    }
+
+    /// Every pod uid the runtime holds something for, with a fingerprint of
+    /// its containers' states: a relist compares fingerprints to find the pods
+    /// whose containers changed.
+    pub async fn fingerprints(&self) -> Result<HashMap<String, Vec<(String, i32)>>, CriError> {
+        let containers = self
+            .runtime
+            .list_containers(ListContainersRequest::default())
+            .await?
+            .containers;
+        let sandboxes = self
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await?
+            .items;
+        let mut out: HashMap<String, Vec<(String, i32)>> = HashMap::new();
+        for sandbox in sandboxes {
+            if let Some(uid) = sandbox.labels.get(POD_UID_LABEL) {
+                out.entry(uid.clone())
+                    .or_default()
+                    .push((sandbox.id, sandbox.state));
+            }
+        }
+        for container in containers {
+            if let Some(uid) = container.labels.get(POD_UID_LABEL) {
+                out.entry(uid.clone())
+                    .or_default()
+                    .push((container.id, container.state));
+            }
+        }
+        for states in out.values_mut() {
+            states.sort();
+        }
+        let live: HashSet<&String> = out.values().flatten().map(|(id, _)| id).collect();
+        lock(&self.container_cache).retain(|id, _| live.contains(id));
+        lock(&self.sandbox_cache).retain(|id, _| live.contains(id));
+        Ok(out)
+    }
+
+    async fn sandbox_record(&self, id: &str, ready: bool) -> Result<SandboxRecord, CriError> {
+        if let Some(cached) = lock(&self.sandbox_cache).get(id)
+            && cached.ready == ready
+        {
+            return Ok(cached.clone());
+        }
+        let response = self
+            .runtime
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_string(),
+                verbose: true,
+            })
+            .await?;
+        let status = response.status.unwrap_or_default();
+        let ip = status
+            .network
+            .as_ref()
+            .and_then(|n| n.ip.parse::<IpAddr>().ok());
+        let record = SandboxRecord {
+            id: id.to_string(),
+            attempt: status.metadata.as_ref().map_or(0, |m| m.attempt),
+            ready,
+            created_at: status.created_at,
+            ip,
+            netns: response.info.get("info").and_then(|info| netns_path(info)),
+        };
+        lock(&self.sandbox_cache).insert(id.to_string(), record.clone());
+        Ok(record)
+    }
+
+    async fn container_record(
+        &self,
+        id: &str,
+        (listed_state, sandbox_id): (i32, &str),
+    ) -> Result<Option<ContainerRecord>, CriError> {
+        if let Some(cached) = lock(&self.container_cache).get(id)
+            && cached.state as i32 == listed_state
+            && !cached.state_may_change()
+        {
+            return Ok(Some(cached.clone()));
+        }
+        let status = match self
+            .runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(response) => response.status.unwrap_or_default(),
+            // Removed between the list and the status call.
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let record = ContainerRecord {
+            id: id.to_string(),
+            sandbox_id: sandbox_id.to_string(),
+            name: status
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+            attempt: status.metadata.as_ref().map_or(0, |m| m.attempt),
+            state: ContainerState::try_from(status.state)
+                .unwrap_or(ContainerState::ContainerUnknown),
+            created_at: status.created_at,
+            started_at: status.started_at,
+            finished_at: status.finished_at,
+            exit_code: status.exit_code,
+            reason: status.reason,
+            message: status.message,
+            image: status.image.map(|i| i.image).unwrap_or_default(),
+            image_ref: status.image_ref,
+            log_path: status.log_path,
+        };
+        lock(&self.container_cache).insert(id.to_string(), record.clone());
+        Ok(Some(record))
+    }
+}
+
+impl ContainerRecord {
+    /// A running container's record can change without its listed state
+    /// changing only in ways that do not matter here; a created one may
+    /// start at any moment, so it is re-read.
+    fn state_may_change(&self) -> bool {
+        self.state == ContainerState::ContainerCreated
+    }
+}
+
+/// The network namespace path in containerd's verbose sandbox info (the
+/// runtime spec's `linux.namespaces[type=network].path`).
+fn netns_path(info: &str) -> Option<PathBuf> {
+    let info: serde_json::Value = serde_json::from_str(info).ok()?;
+    info.pointer("/runtimeSpec/linux/namespaces")?
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")
+        .and_then(|ns| ns["path"].as_str())
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_comes_from_the_runtime_spec() {
+        let info = r#"{"pid":7,"runtimeSpec":{"linux":{"namespaces":[
+            {"type":"pid"},{"type":"network","path":"/var/run/netns/cni-1"}]}}}"#;
+        assert_eq!(
+            netns_path(info),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        let host_network = r#"{"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"}]}}}"#;
+        assert_eq!(netns_path(host_network), None);
+        assert_eq!(netns_path("not json"), None);
+    }
+}

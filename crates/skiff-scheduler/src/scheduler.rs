@@ -1,0 +1,838 @@
+//! The scheduler loop: informers in, bindings and failure reports out.
+//!
+//! One task owns all state (snapshot, queue, assumed pods), so nothing is
+//! locked. It handles watch events first and schedules a pod whenever none are
+//! pending, which keeps the snapshot as fresh as the informers allow. The
+//! filtering and scoring of one pod is synchronous CPU work over the snapshot;
+//! the API calls (binding, status patches, events) run in their own tasks and
+//! report back through a channel, so a slow API server never holds up the
+//! next pod.
+//!
+//! A pod is *assumed* onto its node (counted in the snapshot) as soon as it is
+//! chosen, before the binding is written; the next pod sees the reservation.
+//! The pod watch confirms the binding; a failed binding forgets the
+//! assumption and retries the pod after its back-off.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use skiff_client::events::{EventRecorder, EventType};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::algorithm::{self, FitError};
+use crate::queue::SchedulingQueue;
+use crate::snapshot::{PodInfo, PodKey, Snapshot, pod_key};
+
+/// The scheduler name pods get when `spec.schedulerName` is empty.
+pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
+
+/// How often pods parked as unschedulable are checked for the five-minute
+/// retry.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for bindings already in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the scheduler is and how hard it searches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Pods whose `spec.schedulerName` equals this (or is empty, when this is
+    /// `default-scheduler`) are ours. Also the `source.component` of our
+    /// events.
+    pub scheduler_name: String,
+    /// Upstream's `percentageOfNodesToScore`: 0 picks the adaptive default;
+    /// clusters under 100 nodes are always searched fully.
+    pub percentage_of_nodes_to_score: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            scheduler_name: DEFAULT_SCHEDULER_NAME.to_string(),
+            percentage_of_nodes_to_score: 0,
+        }
+    }
+}
+
+/// Why [`run`] stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// A watch stream ended. kube's watcher retries errors itself, so this
+    /// means the client was torn down; restart the scheduler with a new one.
+    #[error("the {resource} watch ended unexpectedly")]
+    WatchEnded {
+        /// `nodes` or `pods`.
+        resource: &'static str,
+    },
+}
+
+/// Runs the scheduler until `shutdown` is cancelled.
+///
+/// Watches nodes and pods, schedules every pending pod that names
+/// `config.scheduler_name`, binds it through `pods/{name}/binding` and records
+/// `Scheduled` / `FailedScheduling` events. Watch errors are retried with
+/// back-off and never end the loop.
+pub async fn run(
+    client: Client,
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SchedulerError> {
+    let nodes = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let recorder = EventRecorder::new(client.clone(), &config.scheduler_name, "");
+    let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+    let mut scheduler = Scheduler {
+        client,
+        config: config.clone(),
+        recorder,
+        state: ClusterState::new(config.scheduler_name.clone()),
+        next_start: 0,
+        random: std::collections::hash_map::RandomState::new(),
+        attempts: 0,
+        outcomes_tx,
+        tasks: TaskTracker::new(),
+    };
+    let result = scheduler.run_loop(nodes, pods, outcomes, &shutdown).await;
+    scheduler.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, scheduler.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("scheduler shutting down with API calls still in flight");
+    }
+    result
+}
+
+/// The result of an API call made off the loop.
+#[derive(Debug)]
+enum Outcome {
+    Bound {
+        key: PodKey,
+        node: String,
+        result: Result<(), String>,
+    },
+}
+
+/// The scheduler's state; see the module docs.
+struct Scheduler {
+    client: Client,
+    config: SchedulerConfig,
+    recorder: EventRecorder,
+    state: ClusterState,
+    /// Where the next filter pass starts, so every node gets its turn.
+    next_start: usize,
+    random: std::collections::hash_map::RandomState,
+    attempts: u64,
+    outcomes_tx: mpsc::UnboundedSender<Outcome>,
+    tasks: TaskTracker,
+}
+
+type WatchStream<K> =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
+
+impl Scheduler {
+    async fn run_loop(
+        &mut self,
+        mut nodes: WatchStream<Node>,
+        mut pods: WatchStream<Pod>,
+        mut outcomes: mpsc::UnboundedReceiver<Outcome>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SchedulerError> {
+        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        loop {
+            let now = Instant::now();
+            let synced = self.state.nodes_synced && self.state.pods_synced;
+            let wake = if synced {
+                self.state.queue.next_ready(now)
+            } else {
+                None
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                event = nodes.next() => match event {
+                    Some(Ok(event)) => self.state.on_node_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "node watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "nodes" }),
+                },
+                event = pods.next() => match event {
+                    Some(Ok(event)) => self.state.on_pod_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "pods" }),
+                },
+                Some(outcome) = outcomes.recv() => self.on_outcome(outcome),
+                _ = flush.tick() => self.state.queue.flush_unschedulable_leftovers(Instant::now()),
+                () = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
+                    if let Some(pod) = self.state.queue.pop(Instant::now()) {
+                        self.schedule_one(pod);
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- scheduling ------------------------------------------------------
+
+    fn schedule_one(&mut self, pod: Arc<PodInfo>) {
+        self.attempts = self.attempts.wrapping_add(1);
+        let tie_breaker = self.random.hash_one(self.attempts);
+        let result = algorithm::schedule(
+            &self.state.snapshot,
+            &pod,
+            self.config.percentage_of_nodes_to_score,
+            self.next_start,
+            tie_breaker,
+        );
+        match result {
+            Ok(placement) => {
+                let count = self.state.snapshot.node_count().max(1);
+                self.next_start = (self.next_start + placement.evaluated) % count;
+                tracing::debug!(pod = %pod.key, node = %placement.node, "assuming pod");
+                self.state.assume(pod.clone(), &placement.node);
+                self.spawn_bind(pod, placement.node);
+            }
+            Err(fit) => {
+                tracing::debug!(pod = %pod.key, reason = %fit, "pod is unschedulable");
+                self.state.queue.unschedulable(&pod.key, Instant::now());
+                self.report_unschedulable(&pod, &fit);
+            }
+        }
+    }
+
+    fn spawn_bind(&self, pod: Arc<PodInfo>, node: String) {
+        let api = self.pods_api(&pod.pod);
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: pod.pod.metadata.namespace.clone(),
+                uid: pod.pod.metadata.uid.clone(),
+                ..ObjectMeta::default()
+            },
+            target: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.clone()),
+                ..ObjectReference::default()
+            },
+        };
+        let tx = self.outcomes_tx.clone();
+        self.tasks.spawn(async move {
+            let result = api
+                .create_subresource::<_, serde_json::Value>(
+                    "binding",
+                    &name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
+            // The loop may be gone at shutdown; then nobody needs to know.
+            let _ = tx.send(Outcome::Bound {
+                key: pod.key.clone(),
+                node,
+                result,
+            });
+        });
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Bound { key, node, result } => {
+                let pod = self
+                    .state
+                    .snapshot
+                    .node(&node)
+                    .and_then(|n| n.pods.get(&key))
+                    .cloned();
+                match result {
+                    Ok(()) => {
+                        self.state.queue.done(&key);
+                        if let Some(pod) = pod {
+                            let message = format!("Successfully assigned {key} to {node}");
+                            self.recorder.record(
+                                &object_ref(&pod.pod),
+                                EventType::Normal,
+                                "Scheduled",
+                                &message,
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::info!(pod = %key, %node, %error, "binding failed; will retry");
+                        self.state.forget(&key);
+                        if let Some(pod) = pod {
+                            let message = format!("Binding rejected: {error}");
+                            self.recorder.record(
+                                &object_ref(&pod.pod),
+                                EventType::Warning,
+                                "FailedScheduling",
+                                &message,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records `FailedScheduling` and sets `PodScheduled=False` with reason
+    /// `Unschedulable`, as upstream does; the condition is only written when
+    /// it changes, so retries of a stuck pod do not rewrite it.
+    fn report_unschedulable(&self, pod: &PodInfo, fit: &FitError) {
+        let message = fit.to_string();
+        self.recorder.record(
+            &object_ref(&pod.pod),
+            EventType::Warning,
+            "FailedScheduling",
+            &message,
+        );
+
+        let current = pod
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
+        let unchanged = current.is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message.as_str())
+        });
+        if unchanged {
+            return;
+        }
+        let transition = match current {
+            Some(c) if c.status == "False" => {
+                c.last_transition_time.clone().map(|t| serde_json::json!(t))
+            }
+            _ => None,
+        }
+        .unwrap_or_else(|| {
+            serde_json::json!(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now()
+            ))
+        });
+        let patch = serde_json::json!({
+            "status": {
+                "conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": message,
+                    "lastProbeTime": null,
+                    "lastTransitionTime": transition,
+                }]
+            }
+        });
+        let api = self.pods_api(&pod.pod);
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
+        self.tasks.spawn(async move {
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "could not set PodScheduled=False");
+            }
+        });
+    }
+
+    fn pods_api(&self, pod: &Pod) -> Api<Pod> {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+/// What the informers have told the scheduler: the snapshot, the queue and
+/// the pods assumed onto nodes. No I/O, so the event handling is testable.
+#[derive(Debug)]
+struct ClusterState {
+    scheduler_name: String,
+    snapshot: Snapshot,
+    queue: SchedulingQueue,
+    /// Pods placed in the snapshot whose binding is not yet confirmed by the
+    /// watch, with their node.
+    assumed: HashMap<PodKey, String>,
+    /// Objects of a re-list in progress (between `Init` and `InitDone`).
+    node_relist: Option<Vec<Node>>,
+    pod_relist: Option<Vec<Pod>>,
+    nodes_synced: bool,
+    pods_synced: bool,
+}
+
+impl ClusterState {
+    fn new(scheduler_name: String) -> ClusterState {
+        ClusterState {
+            scheduler_name,
+            snapshot: Snapshot::new(),
+            queue: SchedulingQueue::new(),
+            assumed: HashMap::new(),
+            node_relist: None,
+            pod_relist: None,
+            nodes_synced: false,
+            pods_synced: false,
+        }
+    }
+
+    /// Counts a chosen pod on its node before the binding is written, so the
+    /// next pod sees the reservation.
+    fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.assumed.insert(pod.key.clone(), node.to_string());
+        self.snapshot.add_pod(node, pod);
+    }
+
+    /// The binding failed: free the reservation and retry after back-off.
+    fn forget(&mut self, key: &str) {
+        if self.assumed.remove(key).is_some() {
+            self.snapshot.remove_pod(key);
+            self.queue.move_all_unschedulable(Instant::now());
+        }
+        self.queue.failed(key, Instant::now());
+    }
+
+    fn on_node_event(&mut self, event: Event<Node>) {
+        match event {
+            Event::Apply(node) => self.apply_node(node),
+            Event::Delete(node) => {
+                if let Some(name) = node.metadata.name.as_deref() {
+                    self.snapshot.remove_node(name);
+                }
+            }
+            Event::Init => self.node_relist = Some(Vec::new()),
+            Event::InitApply(node) => self.node_relist.get_or_insert_with(Vec::new).push(node),
+            Event::InitDone => {
+                let listed = self.node_relist.take().unwrap_or_default();
+                let names: HashSet<String> = listed
+                    .iter()
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                let gone: Vec<String> = self
+                    .snapshot
+                    .node_names()
+                    .filter(|n| !names.contains(*n))
+                    .map(str::to_string)
+                    .collect();
+                for name in gone {
+                    self.snapshot.remove_node(&name);
+                }
+                for node in listed {
+                    self.apply_node(node);
+                }
+                self.nodes_synced = true;
+            }
+        }
+    }
+
+    fn apply_node(&mut self, node: Node) {
+        let Some(name) = node.metadata.name.clone() else {
+            return;
+        };
+        let changed = self
+            .snapshot
+            .node(&name)
+            .and_then(|n| n.node.as_deref())
+            .is_none_or(|old| scheduling_relevant_change(old, &node));
+        self.snapshot.upsert_node(Arc::new(node));
+        if changed {
+            self.queue.move_all_unschedulable(Instant::now());
+        }
+    }
+
+    fn on_pod_event(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Apply(pod) => self.apply_pod(pod),
+            Event::Delete(pod) => self.delete_pod(&pod_key(&pod)),
+            Event::Init => self.pod_relist = Some(Vec::new()),
+            Event::InitApply(pod) => self.pod_relist.get_or_insert_with(Vec::new).push(pod),
+            Event::InitDone => {
+                let listed = self.pod_relist.take().unwrap_or_default();
+                let keys: HashSet<PodKey> = listed.iter().map(pod_key).collect();
+                let gone: Vec<PodKey> = self
+                    .snapshot
+                    .placed_keys()
+                    .chain(self.queue.keys())
+                    .filter(|k| !keys.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.delete_pod(&key);
+                }
+                for pod in listed {
+                    self.apply_pod(pod);
+                }
+                self.pods_synced = true;
+            }
+        }
+    }
+
+    fn apply_pod(&mut self, pod: Pod) {
+        let key = pod_key(&pod);
+        if is_terminal(&pod) {
+            // Finished pods hold no resources and need no node.
+            self.delete_pod(&key);
+            return;
+        }
+        let info = Arc::new(PodInfo::new(Arc::new(pod)));
+        match bound_node(&info.pod) {
+            Some(node) => {
+                self.queue.remove(&key);
+                self.assumed.remove(&key);
+                self.snapshot.add_pod(&node, info);
+            }
+            None if self.assumed.contains_key(&key) => {
+                // Our binding is in flight (or done) and this update
+                // predates it: keep the object fresh, never queue it again.
+                self.queue.refresh(info);
+            }
+            None => {
+                if self.snapshot.remove_pod(&key).is_some() {
+                    self.queue.move_all_unschedulable(Instant::now());
+                }
+                if is_ours(&info.pod, &self.scheduler_name) {
+                    self.queue.add_or_update(info, Instant::now());
+                } else {
+                    self.queue.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn delete_pod(&mut self, key: &str) {
+        self.queue.remove(key);
+        self.assumed.remove(key);
+        if self.snapshot.remove_pod(key).is_some() {
+            self.queue.move_all_unschedulable(Instant::now());
+        }
+    }
+}
+
+/// Whether a pod without a node is the scheduler `scheduler_name`'s to place
+/// now: it names us (an empty name means `default-scheduler`), is not being
+/// deleted and has no scheduling gates left.
+fn is_ours(pod: &Pod, scheduler_name: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    let name = spec
+        .scheduler_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or(DEFAULT_SCHEDULER_NAME);
+    name == scheduler_name
+        && pod.metadata.deletion_timestamp.is_none()
+        && spec.scheduling_gates.as_ref().is_none_or(Vec::is_empty)
+}
+
+/// `spec.nodeName`, when set.
+fn bound_node(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .filter(|n| !n.is_empty())
+}
+
+/// Succeeded and Failed pods are done.
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Whether a node update may let a parked pod fit: its spec (taints,
+/// cordon), labels, allocatable or Ready condition changed. Heartbeats do not
+/// count, or every kubelet status update would retry every stuck pod.
+fn scheduling_relevant_change(old: &Node, new: &Node) -> bool {
+    let ready = |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone())
+    };
+    let allocatable = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
+    old.spec != new.spec
+        || old.metadata.labels != new.metadata.labels
+        || allocatable(old) != allocatable(new)
+        || ready(old) != ready(new)
+}
+
+fn object_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        namespace: pod.metadata.namespace.clone(),
+        uid: pod.metadata.uid.clone(),
+        resource_version: pod.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, PodSpec, PodStatus};
+
+    use super::*;
+    use crate::snapshot::tests::{node, pod};
+
+    #[test]
+    fn heartbeats_are_not_relevant_changes() {
+        let mut old = node("n", "1", "1Gi", "10");
+        old.status
+            .get_or_insert_with(NodeStatus::default)
+            .conditions = Some(vec![NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]);
+        let mut beat = old.clone();
+        beat.metadata.resource_version = Some("2".into());
+        if let Some(c) = beat
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|cs| cs.first_mut())
+        {
+            c.message = Some("kubelet is posting ready status".into());
+        }
+        assert!(!scheduling_relevant_change(&old, &beat));
+
+        let mut cordoned = old.clone();
+        cordoned.spec = Some(NodeSpec {
+            unschedulable: Some(true),
+            ..Default::default()
+        });
+        assert!(scheduling_relevant_change(&old, &cordoned));
+
+        let mut not_ready = old.clone();
+        if let Some(c) = not_ready
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|cs| cs.first_mut())
+        {
+            c.status = "False".into();
+        }
+        assert!(scheduling_relevant_change(&old, &not_ready));
+
+        let bigger = node("n", "2", "1Gi", "10");
+        assert!(scheduling_relevant_change(
+            &node("n", "1", "1Gi", "10"),
+            &bigger
+        ));
+    }
+
+    #[test]
+    fn terminal_and_bound_pods() {
+        let mut pod = Pod {
+            spec: Some(PodSpec {
+                node_name: Some(String::new()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(bound_node(&pod), None, "an empty nodeName is unbound");
+        pod.spec.as_mut().unwrap().node_name = Some("n1".into());
+        assert_eq!(bound_node(&pod).as_deref(), Some("n1"));
+        assert!(!is_terminal(&pod));
+        for phase in ["Succeeded", "Failed"] {
+            pod.status = Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            assert!(is_terminal(&pod));
+        }
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        assert!(!is_terminal(&pod));
+    }
+
+    #[test]
+    fn which_pods_are_ours() {
+        let mut pod = Pod {
+            spec: Some(PodSpec::default()),
+            ..Default::default()
+        };
+        assert!(
+            is_ours(&pod, "default-scheduler"),
+            "an empty name is the default"
+        );
+        assert!(!is_ours(&pod, "other"));
+        pod.spec.as_mut().unwrap().scheduler_name = Some("other".into());
+        assert!(is_ours(&pod, "other"));
+        assert!(!is_ours(&pod, "default-scheduler"));
+        pod.spec.as_mut().unwrap().scheduling_gates =
+            Some(vec![k8s_openapi::api::core::v1::PodSchedulingGate {
+                name: "wait".into(),
+            }]);
+        assert!(!is_ours(&pod, "other"), "gated pods wait");
+        pod.spec.as_mut().unwrap().scheduling_gates = Some(vec![]);
+        assert!(is_ours(&pod, "other"));
+        pod.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert!(
+            !is_ours(&pod, "other"),
+            "terminating pods are not scheduled"
+        );
+        assert!(!is_ours(&Pod::default(), "default-scheduler"));
+    }
+
+    fn ready_node(name: &str, cpu: &str) -> Node {
+        let mut n = node(name, cpu, "4Gi", "110");
+        n.status.get_or_insert_with(NodeStatus::default).conditions = Some(vec![NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]);
+        n
+    }
+
+    fn bound(mut p: Pod, node: &str) -> Pod {
+        p.spec.as_mut().unwrap().node_name = Some(node.into());
+        p
+    }
+
+    fn synced(nodes: Vec<Node>, pods: Vec<Pod>) -> ClusterState {
+        let mut state = ClusterState::new(DEFAULT_SCHEDULER_NAME.into());
+        state.on_node_event(Event::Init);
+        for n in nodes {
+            state.on_node_event(Event::InitApply(n));
+        }
+        state.on_node_event(Event::InitDone);
+        state.on_pod_event(Event::Init);
+        for p in pods {
+            state.on_pod_event(Event::InitApply(p));
+        }
+        state.on_pod_event(Event::InitDone);
+        state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn informers_fill_the_snapshot_and_the_queue() {
+        let mut state = synced(
+            vec![ready_node("n1", "2")],
+            vec![
+                bound(pod("running", "1", ""), "n1"),
+                pod("pending", "1", ""),
+            ],
+        );
+        assert!(state.nodes_synced && state.pods_synced);
+        assert_eq!(state.snapshot.node("n1").unwrap().requested.milli_cpu, 1000);
+        assert!(state.queue.contains("default/pending"));
+        assert!(!state.queue.contains("default/running"));
+
+        // A pod finishing frees its resources.
+        let mut done = bound(pod("running", "1", ""), "n1");
+        done.status = Some(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        state.on_pod_event(Event::Apply(done));
+        assert_eq!(state.snapshot.node("n1").unwrap().requested.milli_cpu, 0);
+
+        // Someone else binding the pending pod takes it out of the queue.
+        state.on_pod_event(Event::Apply(bound(pod("pending", "1", ""), "n1")));
+        assert!(!state.queue.contains("default/pending"));
+        assert_eq!(state.snapshot.placement("default/pending"), Some("n1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relist_drops_what_disappeared() {
+        let mut state = synced(
+            vec![ready_node("n1", "2"), ready_node("n2", "2")],
+            vec![bound(pod("a", "1", ""), "n1"), pod("q", "", "")],
+        );
+        state.on_node_event(Event::Init);
+        state.on_node_event(Event::InitApply(ready_node("n2", "2")));
+        state.on_node_event(Event::InitDone);
+        assert_eq!(state.snapshot.node_count(), 1);
+        state.on_pod_event(Event::Init);
+        state.on_pod_event(Event::InitDone);
+        assert!(state.snapshot.placement("default/a").is_none());
+        assert!(!state.queue.contains("default/q"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn assumed_pods_are_not_queued_again_and_failures_free_them() {
+        let mut state = synced(vec![ready_node("n1", "2")], vec![pod("p", "1", "")]);
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.assume(p.clone(), "n1");
+        assert_eq!(state.snapshot.node("n1").unwrap().requested.milli_cpu, 1000);
+
+        // A stale update without nodeName while the binding is in flight.
+        state.queue.done(&p.key);
+        state.on_pod_event(Event::Apply(pod("p", "1", "")));
+        assert!(!state.queue.contains("default/p"), "not scheduled twice");
+
+        // The watch confirms the binding.
+        state.on_pod_event(Event::Apply(bound(pod("p", "1", ""), "n1")));
+        assert!(state.assumed.is_empty());
+        assert_eq!(state.snapshot.node("n1").unwrap().requested.milli_cpu, 1000);
+
+        // A failed binding frees the reservation and retries after back-off.
+        let mut state = synced(vec![ready_node("n1", "2")], vec![pod("p", "1", "")]);
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.assume(p.clone(), "n1");
+        state.forget(&p.key);
+        assert_eq!(state.snapshot.node("n1").unwrap().requested.milli_cpu, 0);
+        assert!(state.queue.pop(Instant::now()).is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(state.queue.pop(Instant::now()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn node_changes_and_pod_deletions_release_parked_pods() {
+        let mut state = synced(
+            vec![ready_node("n1", "1")],
+            vec![bound(pod("big", "1", ""), "n1"), pod("p", "1", "")],
+        );
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.queue.unschedulable(&p.key, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        // A heartbeat does not release it.
+        let mut beat = ready_node("n1", "1");
+        beat.metadata.resource_version = Some("9".into());
+        state.on_node_event(Event::Apply(beat));
+        assert!(state.queue.pop(Instant::now()).is_none());
+
+        // Deleting the pod that holds the cpu does.
+        state.on_pod_event(Event::Delete(bound(pod("big", "1", ""), "n1")));
+        assert!(state.queue.pop(Instant::now()).is_some());
+        state.queue.unschedulable(&p.key, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        // So does a new node.
+        state.on_node_event(Event::Apply(ready_node("n2", "4")));
+        assert!(state.queue.pop(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn default_config() {
+        let c = SchedulerConfig::default();
+        assert_eq!(c.scheduler_name, "default-scheduler");
+        assert_eq!(c.percentage_of_nodes_to_score, 0);
+    }
+}
