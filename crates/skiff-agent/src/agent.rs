@@ -112,9 +112,7 @@ pub async fn run(
         }
     };
     let cri = Arc::new(CriClient::connect(&socket).await?);
-    let version = cri
-        .version(skiff_cri::v1::VersionRequest::default())
-        .await?;
+    let version = wait_for_cri(cri.as_ref()).await?;
     let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
 
     let host: Arc<dyn HostInfo> = Arc::new(LinuxHost::new(options.dir.clone()));
@@ -238,6 +236,25 @@ async fn stop_containerd(containerd: Option<Containerd>) -> Result<(), AgentErro
     Ok(())
 }
 
+/// Waits until the runtime's CRI service answers: containerd accepts
+/// connections before its CRI plugin has initialized, and answers
+/// `Unknown: server is not initialized yet` until then.
+async fn wait_for_cri(
+    cri: &CriClient,
+) -> Result<skiff_cri::v1::VersionResponse, skiff_cri::CriError> {
+    let deadline = tokio::time::Instant::now() + CONTAINERD_READY;
+    loop {
+        match cri.version(skiff_cri::v1::VersionRequest::default()).await {
+            Ok(version) => return Ok(version),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for the CRI service");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes the built-in images into the airgap dir, starts the private
 /// containerd and imports every tarball there.
 async fn start_containerd(dir: &Path) -> Result<Containerd, AgentError> {
@@ -273,6 +290,7 @@ pub async fn killall(dir: &Path) -> Result<(), AgentError> {
     };
     if let Some(containerd) = &containerd {
         let cri = CriClient::connect(containerd.address()).await?;
+        wait_for_cri(&cri).await?;
         let sandboxes = cri
             .list_pod_sandbox(skiff_cri::v1::ListPodSandboxRequest::default())
             .await?

@@ -13,6 +13,7 @@
 mod pod;
 mod workloads;
 
+use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 /// Seconds a pod tolerates a not-ready or unreachable node before eviction.
@@ -33,6 +34,7 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
         ("", "Secret") => {
             if let Some(o) = obj.as_object_mut() {
                 set_if_empty(o, "type", "Opaque");
+                merge_string_data(o);
             }
         }
         ("", "Node") => node(obj),
@@ -432,9 +434,58 @@ pub(crate) fn each_mut(
     }
 }
 
+/// Folds a Secret's write-only `stringData` into `data` (base64), with
+/// `stringData` winning, as upstream's conversion does: `stringData` is never
+/// stored or returned. Left alone when it holds a non-string, so validation
+/// reports the bad value.
+fn merge_string_data(secret: &mut Map<String, Value>) {
+    let Some(Value::Object(strings)) = secret.get("stringData") else {
+        return;
+    };
+    if !strings.values().all(Value::is_string) {
+        return;
+    }
+    let encoded: Vec<(String, Value)> = strings
+        .iter()
+        .map(|(k, v)| {
+            let text = v.as_str().unwrap_or_default();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+            (k.clone(), Value::String(b64))
+        })
+        .collect();
+    secret.remove("stringData");
+    let data = secret
+        .entry("data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !data.is_object() {
+        *data = Value::Object(Map::new());
+    }
+    if let Value::Object(data) = data {
+        data.extend(encoded);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let mut secret = json!({
+            "data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "plain": "s3cret"},
+        });
+        apply_defaults("", "Secret", &mut secret);
+        assert_eq!(secret["type"], "Opaque");
+        assert!(secret.get("stringData").is_none());
+        assert_eq!(
+            secret["data"],
+            json!({"a": "bmV3", "keep": "eA==", "plain": "czNjcmV0"})
+        );
+        let mut bad = json!({"stringData": {"n": 1}});
+        apply_defaults("", "Secret", &mut bad);
+        assert_eq!(bad["stringData"]["n"], 1, "left for validation to report");
+    }
 
     #[test]
     fn service_defaults() {

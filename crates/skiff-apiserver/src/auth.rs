@@ -22,7 +22,16 @@ pub struct PeerIdentity {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(pub Arc<Vec<String>>);
 
-const PUBLIC_PATHS: [&str; 5] = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
+/// Paths served without authentication: health, version, and the cluster CA
+/// (`/cacerts`, which joining nodes check against the hash in their token).
+pub const PUBLIC_PATHS: [&str; 6] = [
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/version",
+    "/version/",
+    "/cacerts",
+];
 
 /// Refuses unauthenticated requests with 401.
 pub async fn authenticate(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {

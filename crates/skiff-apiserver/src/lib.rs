@@ -63,6 +63,10 @@ pub struct ServerOptions {
     /// Credentials for the node agents' APIs (pod logs, exec, attach,
     /// port-forward); without them those subresources answer 503.
     pub kubelet_client: Option<node_proxy::KubeletClientTls>,
+    /// Routes the embedding binary serves beside the API, behind the same
+    /// authentication (e.g. how nodes join). Paths listed in
+    /// [`auth::PUBLIC_PATHS`] are served without it.
+    pub extra_routes: Option<Router>,
 }
 
 /// Why the server stopped with an error.
@@ -115,6 +119,9 @@ pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<
     let mut router = app(rest);
     if let Some(node_proxy) = node_proxy {
         router = node_proxy.attach(router);
+    }
+    if let Some(extra) = options.extra_routes {
+        router = router.merge(extra);
     }
     let router = router.layer(axum::middleware::from_fn_with_state(
         auth::Tokens(Arc::new(options.bearer_tokens)),

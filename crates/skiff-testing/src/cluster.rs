@@ -51,7 +51,8 @@ pub fn shared_with_agent(skiff_bin: &str) -> &'static TestCluster {
 /// the test binary, see [`TiedCommand`]).
 pub struct TestCluster {
     bin: PathBuf,
-    data_dir: tempfile::TempDir,
+    /// Always `Some` until dropped; taken to keep the directory.
+    data_dir: Option<tempfile::TempDir>,
     port: u16,
     child: Option<Child>,
     namespaces: AtomicU32,
@@ -89,7 +90,7 @@ impl TestCluster {
             .expect("cannot create a temporary data directory");
         let mut cluster = TestCluster {
             bin,
-            data_dir,
+            data_dir: Some(data_dir),
             port: 0,
             child: None,
             namespaces: AtomicU32::new(0),
@@ -102,7 +103,10 @@ impl TestCluster {
 
     /// The data directory (`tls/`, `db/`, `kubeconfig`, `server.log`, ...).
     pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
+        self.data_dir
+            .as_ref()
+            .map(tempfile::TempDir::path)
+            .expect("the data dir lives as long as the cluster")
     }
 
     /// The admin kubeconfig the server wrote.
@@ -355,26 +359,36 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill9();
-        if self.kubelet_port.is_some() {
-            killall(&self.bin, self.data_dir());
+        if self.kubelet_port.is_some() && !killall(&self.bin, self.data_dir()) {
+            // Keep the directory (and its pods' state) for the next start's
+            // cleanup to retry, rather than orphaning running containers.
+            if let Some(dir) = self.data_dir.take() {
+                let _ = dir.keep();
+            }
         }
     }
 }
 
 /// Stops every pod, the containerd and the mounts of the agent whose data
 /// dir is `data_dir` (`skiff killall`).
-fn killall(bin: &Path, data_dir: &Path) {
+fn killall(bin: &Path, data_dir: &Path) -> bool {
     let mut command = Command::new(bin);
     command.arg("killall").arg("--data-dir").arg(data_dir);
     // Not `output_with_timeout`: this runs in `Drop`, where a panic aborts.
     match command.stdin(Stdio::null()).output() {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => eprintln!(
-            "skiff killall {} failed: {}",
-            data_dir.display(),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-        Err(e) => eprintln!("skiff killall {}: {e}", data_dir.display()),
+        Ok(output) if output.status.success() => true,
+        Ok(output) => {
+            eprintln!(
+                "skiff killall {} failed: {}",
+                data_dir.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("skiff killall {}: {e}", data_dir.display());
+            false
+        }
     }
 }
 
@@ -481,8 +495,10 @@ fn remove_stale_data_dirs(bin: &Path) {
             continue;
         };
         if !Path::new("/proc").join(pid.to_string()).exists() {
-            if entry.path().join("agent").exists() {
-                killall(bin, &entry.path());
+            // Pods of a dead agent are stopped first; a directory whose
+            // pods could not be stopped stays, so that nothing is orphaned.
+            if entry.path().join("agent").exists() && !killall(bin, &entry.path()) {
+                continue;
             }
             let _ = fs::remove_dir_all(entry.path());
         }

@@ -21,9 +21,45 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane: the Kubernetes API server over the embedded store.
     Server(ServerArgs),
+    /// Join a cluster as a node: run the node agent against a remote server.
+    Agent(AgentCommandArgs),
     /// Stop every pod the node agent started, its containerd, mounts and
     /// bridge (to uninstall, or to clean a machine up).
     Killall(KillallArgs),
+}
+
+/// Flags of `skiff agent`.
+#[derive(Debug, Args)]
+pub struct AgentCommandArgs {
+    /// The API server to join, e.g. `https://10.0.0.1:6443`.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+
+    /// The join token: the server's `DATA_DIR/node-token` (`K10<ca hash>::<token>`),
+    /// or the bare bootstrap token together with `--ca-file`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SKIFF_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: String,
+
+    /// The cluster CA, when the token carries no CA hash.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Where the agent keeps containerd, pods and logs.
+    #[arg(long, default_value = "/var/lib/skiff-agent", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub bind_address: IpAddr,
+
+    /// Node agent flags.
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// Flags of `skiff killall`.

@@ -113,6 +113,7 @@ mod tests {
     fn renders_embedded_credentials() {
         let pki = Pki {
             ca_cert: "CA".into(),
+            ca_key: "CK".into(),
             server_cert: "SC".into(),
             server_key: "SK".into(),
             admin_cert: "AC".into(),

@@ -1,6 +1,8 @@
 //! The `skiff` binary: command-line parsing and wiring of the components.
 
+mod agent;
 mod cli;
+mod join;
 mod kubeconfig;
 mod pki;
 mod server;
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Server(args) => server::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Killall(args) => server::killall(&args.data_dir),
     };
     match result {

@@ -67,6 +67,8 @@ const IN_CLUSTER_NAMES: [&str; 4] = [
 pub struct Pki {
     /// The cluster CA certificate.
     pub ca_cert: String,
+    /// The cluster CA's key, for certificates issued to joining nodes.
+    pub ca_key: String,
     /// The serving certificate (signed by the CA).
     pub server_cert: String,
     /// The serving certificate's key.
@@ -252,6 +254,7 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
     )?;
 
     Ok(Pki {
+        ca_key: ca_key.clone(),
         kubelet_client_cert: kubelet_client.0,
         kubelet_client_key: kubelet_client.1,
         kubelet_serving_cert: kubelet_serving.0,
@@ -262,6 +265,34 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
         admin_cert: admin.0,
         admin_key: admin.1,
     })
+}
+
+impl Pki {
+    /// A serving certificate and key for a node agent's kubelet API, for the
+    /// node's name and addresses, signed by the cluster CA (the API server
+    /// checks it when it proxies logs and exec to the node).
+    pub fn issue_kubelet_serving(
+        &self,
+        node_name: &str,
+        ips: &[IpAddr],
+    ) -> anyhow::Result<(String, String)> {
+        let now = OffsetDateTime::now_utc();
+        let ca_signing_key = KeyPair::from_pem(&self.ca_key).context("parsing the CA key")?;
+        let issuer = Issuer::new(ca_params(now), ca_signing_key);
+        let mut params = CertificateParams::default();
+        let names = ServingNames {
+            dns: vec![node_name.to_string()],
+            ips: ips.to_vec(),
+        };
+        params.subject_alt_names = names.san_types()?;
+        params.distinguished_name = distinguished_name(&format!("system:node:{node_name}"), None);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().context("generating a kubelet serving key")?;
+        let cert = leaf_params(params, now)
+            .signed_by(&key, &issuer)
+            .context("signing a kubelet serving certificate")?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// The CA's parameters. Deterministic apart from the validity window, which the

@@ -7,6 +7,7 @@
 //! DATA_DIR/
 //!   tls/          ca.crt ca.key server.crt server.key admin.crt admin.key
 //!   token         bootstrap token for agents
+//!   node-token    join token for `skiff agent --token` (CA hash + bootstrap token)
 //!   kubeconfig    admin kubeconfig, rewritten on every start (the port may change)
 //!   db/skiff.redb the embedded store
 //! ```
@@ -37,6 +38,12 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let names = ServingNames::for_host(pki::hostname().as_deref(), &host_ips, &extra_sans);
     let pki = pki::ensure(&data_dir.join("tls"), &names)?;
     let bootstrap_token = token::ensure(&data_dir.join("token"))?;
+    let node_token = crate::join::node_token(&pki.ca_cert, &bootstrap_token);
+    pki::write_file_atomic(
+        &data_dir.join("node-token"),
+        format!("{node_token}\n").as_bytes(),
+        0o600,
+    )?;
 
     let listen = SocketAddr::new(args.bind_address, args.https_port);
     let url = format!("https://{}", local_address(listen));
@@ -100,6 +107,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
                 cert_pem: pki.kubelet_client_cert.clone(),
                 key_pem: pki.kubelet_client_key.clone(),
             }),
+            extra_routes: Some(crate::join::routes(std::sync::Arc::new(pki.clone()))),
         };
         let components = Components {
             args: &args,
@@ -147,6 +155,14 @@ impl Components<'_> {
         let client = skiff_client::connect::from_kubeconfig(self.kubeconfig)
             .await
             .context("building the in-cluster client")?;
+        // The API server binds concurrently; start talking once it answers,
+        // so the components' first requests do not fail and log noise.
+        while client.apiserver_version().await.is_err() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
         let cluster_cidr = self
             .args
             .cluster_cidr
@@ -227,7 +243,7 @@ pub fn killall(data_dir: &Path) -> anyhow::Result<()> {
 
 /// Cancel `shutdown` on the first SIGTERM or SIGINT; exit at once on a second,
 /// for an operator who does not want to wait for in-flight requests.
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
 
     let (mut term, mut int) = match (
@@ -286,7 +302,7 @@ fn advertise_ip(flag: Option<IpAddr>, bind: IpAddr, host_ips: &[IpAddr]) -> IpAd
 }
 
 /// Create `dir` (and parents) readable only by its owner: it holds keys.
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -36,18 +36,19 @@ spec:
 
     cluster.kill9();
     cluster.restart();
-    // The node heartbeats again and the pod is reported with the same
-    // container, never restarted or duplicated.
+    // The agent comes back (its kubelet API answers exec) and reports the
+    // pod with the same container, never restarted or duplicated.
+    let mut cmdline = String::new();
     eventually(
-        "the node Ready after restart",
+        "exec through the restarted agent",
         Duration::from_secs(90),
         || {
-            let out = cluster.kubectl(&["get", "node", NODE_NAME]);
-            String::from_utf8_lossy(&out.stdout).contains(" Ready ")
+            let out = cluster.kubectl(&["exec", "survivor", "--", "cat", "/proc/1/cmdline"]);
+            cmdline = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
         },
     );
-    let pid_marker = cluster.kubectl_ok(&["exec", "survivor", "--", "cat", "/proc/1/cmdline"]);
-    assert!(pid_marker.starts_with("sleep"), "{pid_marker}");
+    assert!(cmdline.starts_with("sleep"), "{cmdline}");
     // Give the agent a few relists to act wrongly, if it would.
     std::thread::sleep(Duration::from_secs(3));
     let after = running(&cluster).expect("still running");

@@ -227,7 +227,13 @@ impl PodManager {
         lock(&self.shared.pods).insert(uid.clone(), pod.clone());
         match workers.get(&uid) {
             Some(worker) if !worker.pod.is_closed() => {
-                worker.pod.send_replace(Some(pod));
+                // Status-only changes are mostly the worker's own writes:
+                // keep the newest object without waking the worker for them.
+                worker.pod.send_if_modified(|current| {
+                    let wake = current.as_deref().is_none_or(|old| needs_sync(old, &pod));
+                    *current = Some(pod);
+                    wake
+                });
             }
             _ => self.spawn_worker(workers, tasks, uid, Some(pod), shutdown),
         }
@@ -285,6 +291,19 @@ impl PodManager {
             worker.wake.notify_one();
         }
     }
+}
+
+/// Whether a pod update asks something of the worker: anything but its
+/// status (and resourceVersion/managedFields bookkeeping) changed.
+fn needs_sync(old: &Pod, new: &Pod) -> bool {
+    old.spec != new.spec
+        || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+        || old.metadata.deletion_grace_period_seconds != new.metadata.deletion_grace_period_seconds
+        || old.metadata.labels != new.metadata.labels
+        || old.metadata.annotations != new.metadata.annotations
+        // A phase the worker did not write (an eviction, a reset).
+        || old.status.as_ref().and_then(|s| s.phase.as_ref())
+            != new.status.as_ref().and_then(|s| s.phase.as_ref())
 }
 
 async fn run_worker(

@@ -197,6 +197,14 @@ impl Shared {
         // Init containers, in order: each must finish (or, for a sidecar,
         // start) before the next one runs.
         let mut init_blocked = false;
+        // A regular init container that succeeded never runs again; one that
+        // failed is retried unless the pod never restarts. Sidecars always
+        // restart.
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
         for container in spec.init_containers.as_deref().unwrap_or_default() {
             let latest = runtime.latest(&sandbox.id, &container.name);
             let sidecar = is_sidecar(container);
@@ -211,7 +219,7 @@ impl Shared {
                     &volumes,
                     &target,
                     memory,
-                    if sidecar { "Always" } else { policy.as_str() },
+                    if sidecar { "Always" } else { init_policy },
                 )
                 .await?;
             progressing |= step.progressing;

@@ -1,0 +1,129 @@
+//! `skiff agent`: join a cluster as a node and run its pods.
+//!
+//! Data directory layout (`--data-dir`, default `/var/lib/skiff-agent`):
+//!
+//! ```text
+//! DATA_DIR/
+//!   ca.crt        the cluster CA, as verified against the join token
+//!   agent/        containerd, pods, logs, airgap images (as under skiff server)
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::AgentCommandArgs;
+use crate::join::{self, JoinToken, ServingCertificate, ServingRequest};
+use crate::pki;
+
+/// Run the agent until SIGTERM or SIGINT.
+pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
+    crate::server::create_private_dir(&args.data_dir)?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let token = JoinToken::parse(&args.token).context("--token")?;
+    let ca_pem = match (&token.ca_hash, &args.ca_file) {
+        (_, Some(file)) => {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        }
+        (Some(hash), None) => join::fetch_ca(&args.server, hash)
+            .with_context(|| format!("fetching the cluster CA from {}", args.server))?,
+        (None, None) => anyhow::bail!(
+            "the token carries no CA hash: pass --ca-file, or use the server's node-token"
+        ),
+    };
+    pki::write_file_atomic(&data_dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
+
+    let node_name = match &args.agent.node_name {
+        Some(name) => name.clone(),
+        None => pki::hostname()
+            .context("cannot read the host name; pass --node-name")?
+            .to_lowercase(),
+    };
+    let node_ip = match args.agent.node_ip {
+        Some(ip) => ip,
+        None => default_node_ip()?,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
+        let client =
+            skiff_client::connect::with_token(&args.server, ca_pem.as_bytes(), &token.bearer)
+                .context("building the API client")?;
+        let serving = request_serving_certificate(&client, &node_name, node_ip)
+            .await
+            .context("requesting the kubelet serving certificate")?;
+        let options = skiff_agent::agent::AgentOptions {
+            dir: data_dir.join("agent"),
+            node_name,
+            node_ip,
+            container_runtime_endpoint: args.agent.container_runtime_endpoint.clone(),
+            kubelet_listen: SocketAddr::new(args.bind_address, args.agent.kubelet_port),
+            kubelet_cert_pem: serving.cert,
+            kubelet_key_pem: serving.key,
+            client_ca_pem: ca_pem,
+            labels: Default::default(),
+            cluster_dns: None,
+            bridge: args.agent.bridge.clone(),
+        };
+        eprintln!(
+            "Skiff agent joining {} as node {}.",
+            args.server, options.node_name
+        );
+        skiff_agent::agent::run(options, client, shutdown)
+            .await
+            .context("node agent")
+    })
+}
+
+/// Asks the server to sign a serving certificate for this node's kubelet API.
+async fn request_serving_certificate(
+    client: &skiff_client::Client,
+    node_name: &str,
+    node_ip: IpAddr,
+) -> anyhow::Result<ServingCertificate> {
+    let mut addresses = vec![node_ip];
+    for loopback in [IpAddr::from([127, 0, 0, 1])] {
+        if !addresses.contains(&loopback) {
+            addresses.push(loopback);
+        }
+    }
+    let body = serde_json::to_vec(&ServingRequest {
+        node_name: node_name.to_string(),
+        addresses,
+    })?;
+    let request = http::Request::post(join::SERVING_KUBELET_PATH)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)?;
+    // The server may still be starting: retry for a while.
+    let mut attempts = 0;
+    loop {
+        match client.request::<ServingCertificate>(request.clone()).await {
+            Ok(cert) => return Ok(cert),
+            Err(e) if attempts < 30 => {
+                attempts += 1;
+                tracing::warn!(error = %e, "requesting the serving certificate; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The host's first non-loopback IPv4 address (else any non-loopback one).
+fn default_node_ip() -> anyhow::Result<IpAddr> {
+    let ips = pki::host_addresses()?;
+    ips.iter()
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .or_else(|| ips.iter().find(|ip| !ip.is_loopback()))
+        .copied()
+        .context("the host has no non-loopback address; pass --node-ip")
+}
