@@ -183,10 +183,10 @@ pub fn fetch_ca(server: &str, expected_hash: &str) -> anyhow::Result<String> {
     .context("requesting /cacerts")?;
     let mut response = Vec::new();
     // The server may close without a TLS close_notify; what was read counts.
-    if let Err(e) = stream.read_to_end(&mut response) {
-        if response.is_empty() {
-            return Err(e).context("reading /cacerts");
-        }
+    if let Err(e) = stream.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(e).context("reading /cacerts");
     }
     let text = String::from_utf8(response).context("/cacerts is not text")?;
     let (head, body) = text
