@@ -3,6 +3,9 @@
 #
 #   skiff-bench api    the real `skiff server` over HTTPS (add --large for 100k pods)
 #   skiff-bench rss    idle memory of the server with an empty store
+#   skiff-bench pods   pod startup through the node agent against the bare CRI
+#                      floor, and the agent's idle memory (as root only: it runs
+#                      containerd and pods; skipped otherwise)
 #   skiff-bench etcd   durable writes of the embedded store against etcd, same disk
 #
 # Every report is markdown on stdout, with the target or baseline it is judged
@@ -50,4 +53,9 @@ echo "# Skiff benchmarks, commit $(git rev-parse --short HEAD 2>/dev/null || ech
 echo
 "$bench" api "${dir_args[@]}" --skiff "$skiff" "$@"
 "$bench" rss "${dir_args[@]}" --skiff "$skiff"
+if ((EUID == 0)); then
+    "$bench" pods "${dir_args[@]}" --skiff "$skiff"
+else
+    echo "bench.sh: skipping skiff-bench pods (needs root)" >&2
+fi
 "$bench" etcd "${dir_args[@]}"

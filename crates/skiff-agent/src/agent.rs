@@ -179,6 +179,7 @@ pub async fn run(
             cgroup_parent_root: "/kubepods".into(),
         },
         node_allocatable: node_allocatable(host.as_ref())?,
+        pods_dir: options.dir.join("pods"),
     };
     let runtime: Arc<dyn RuntimeService> = cri.clone();
     let runtime_for_logs = runtime.clone();

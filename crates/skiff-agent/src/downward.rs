@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, HostIP, Pod, PodIP};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use skiff_api::quantity::Quantity as Exact;
 
@@ -17,8 +17,9 @@ pub enum DownwardError {
     /// The field path is not one the downward API offers.
     #[error("unsupported fieldPath: {0}")]
     UnsupportedField(String),
-    /// The resource is not one the downward API offers.
-    #[error("unsupported container resource: {0}")]
+    /// The resource is not one the downward API offers (upstream's wording,
+    /// odd space included).
+    #[error("unsupported container resource : {0}")]
     UnsupportedResource(String),
     /// The named container is not in the pod.
     #[error("container {0} not found")]
@@ -102,6 +103,9 @@ pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
         .join("\n")
 }
 
+/// `value` quoted as Go's `%q` does: printable characters as they are,
+/// the usual backslash escapes, `\xNN` for other ASCII controls and `\uNNNN`
+/// for other control characters.
 fn go_quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
@@ -109,10 +113,15 @@ fn go_quote(value: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            '\u{b}' => out.push_str("\\v"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
             c => out.push(c),
         }
     }
@@ -122,7 +131,9 @@ fn go_quote(value: &str) -> String {
 
 /// The value of a container resource (`resourceFieldRef`), divided by
 /// `divisor` (default 1) and rounded up, as upstream does. A limit the
-/// container does not set is the node's allocatable amount.
+/// container does not set is the node's allocatable amount (upstream's
+/// kubelet defaults limits that way for the downward API); a request it does
+/// not set is its limit (the API's defaulting), else 0.
 pub fn resource_value(
     pod: &Pod,
     container_name: &str,
@@ -132,52 +143,45 @@ pub fn resource_value(
 ) -> Result<String, DownwardError> {
     let container = find_container(pod, container_name)
         .ok_or_else(|| DownwardError::ContainerNotFound(container_name.to_string()))?;
-    let (kind, name) = resource
-        .split_once('.')
-        .ok_or_else(|| DownwardError::UnsupportedResource(resource.to_string()))?;
+    let unsupported = || DownwardError::UnsupportedResource(resource.to_string());
+    let (kind, name) = resource.split_once('.').ok_or_else(unsupported)?;
+    let node_value = match name {
+        "cpu" => Some(node.cpu_millis),
+        "memory" => Some(node.memory_bytes),
+        "ephemeral-storage" => Some(node.ephemeral_storage_bytes),
+        _ if name.starts_with("hugepages-") => None,
+        _ => return Err(unsupported()),
+    };
     let resources = container.resources.as_ref();
-    let set = match kind {
-        "limits" => resources.and_then(|r| r.limits.as_ref()),
-        "requests" => resources.and_then(|r| r.requests.as_ref()),
-        _ => return Err(DownwardError::UnsupportedResource(resource.to_string())),
-    }
-    .and_then(|m| m.get(name))
-    .map(|q| parse(&q.0))
-    .transpose()?;
+    let limit = resources
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|m| m.get(name))
+        .map(|q| parse(&q.0))
+        .transpose()?;
+    let request = resources
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|m| m.get(name))
+        .map(|q| parse(&q.0))
+        .transpose()?;
+    let cpu = name == "cpu";
+    // CPU counts in millicores, everything else in units.
+    let amount =
+        |q: &Exact| u64::try_from(if cpu { q.milli_value() } else { q.value() }).unwrap_or(0);
+    let value = match kind {
+        "limits" => limit.as_ref().map(amount).or(node_value).unwrap_or(0),
+        "requests" => request.or(limit).as_ref().map_or(0, amount),
+        _ => return Err(unsupported()),
+    };
     let divisor = match divisor {
         Some(q) if !q.0.is_empty() => Some(parse(&q.0)?).filter(|d| !d.is_zero()),
         _ => None,
     };
-    let fallback = |node_value: u64| (kind == "limits").then_some(node_value);
-    match name {
-        "cpu" => {
-            let millis = match set {
-                Some(q) => u64::try_from(q.milli_value()).unwrap_or(0),
-                None => fallback(node.cpu_millis).unwrap_or(0),
-            };
-            let per = divisor.map_or(1000, |d| u64::try_from(d.milli_value()).unwrap_or(1).max(1));
-            Ok(millis.div_ceil(per).to_string())
-        }
-        "memory" | "ephemeral-storage" => {
-            let node_value = if name == "memory" {
-                node.memory_bytes
-            } else {
-                node.ephemeral_storage_bytes
-            };
-            let bytes = match set {
-                Some(q) => u64::try_from(q.value()).unwrap_or(0),
-                None => fallback(node_value).unwrap_or(0),
-            };
-            let per = divisor.map_or(1, |d| u64::try_from(d.value()).unwrap_or(1).max(1));
-            Ok(bytes.div_ceil(per).to_string())
-        }
-        _ if name.starts_with("hugepages-") => {
-            let bytes = set.map_or(0, |q| u64::try_from(q.value()).unwrap_or(0));
-            let per = divisor.map_or(1, |d| u64::try_from(d.value()).unwrap_or(1).max(1));
-            Ok(bytes.div_ceil(per).to_string())
-        }
-        _ => Err(DownwardError::UnsupportedResource(resource.to_string())),
-    }
+    let per = match divisor {
+        Some(d) => amount(&d).max(1),
+        None if cpu => 1000,
+        None => 1,
+    };
+    Ok(value.div_ceil(per).to_string())
 }
 
 fn parse(text: &str) -> Result<Exact, DownwardError> {
@@ -192,10 +196,37 @@ fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
         .find(|c| c.name == name)
 }
 
+/// The pod with the addresses the agent knows filled into its status: the
+/// sandbox's IPs (first one primary) and the node's IPs.
+///
+/// Upstream's kubelet resolves `status.podIP(s)` and `status.hostIP(s)` from
+/// the sandbox and the node, not from the pod object, because the API status
+/// lags: containers are created before the status carrying the new sandbox's
+/// IP is written. Resolve env vars and downward API files against this copy.
+/// Empty slices leave the corresponding fields as they are.
+pub fn with_runtime_ips(pod: &Pod, pod_ips: &[String], host_ips: &[String]) -> Pod {
+    let mut pod = pod.clone();
+    let status = pod.status.get_or_insert_with(Default::default);
+    if let Some(first) = pod_ips.first() {
+        status.pod_ip = Some(first.clone());
+        status.pod_ips = Some(pod_ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect());
+    }
+    if let Some(first) = host_ips.first() {
+        status.host_ip = Some(first.clone());
+        status.host_ips = Some(
+            host_ips
+                .iter()
+                .map(|ip| HostIP { ip: ip.clone() })
+                .collect(),
+        );
+    }
+    pod
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodIP, PodSpec, PodStatus, ResourceRequirements};
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus, ResourceRequirements};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pod() -> Pod {
@@ -302,5 +333,77 @@ mod tests {
             resource_value(&pod, "main", "limits.gpu", None, &NODE),
             Err(DownwardError::UnsupportedResource(_))
         ));
+    }
+
+    #[test]
+    fn requests_default_to_limits() {
+        let mut pod = pod();
+        // The limit of 1500m stands in for the missing request, as API
+        // defaulting would have made it.
+        if let Some(resources) = pod
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers[0].resources.as_mut())
+        {
+            resources.requests = None;
+        }
+        let millis = Quantity("1m".into());
+        assert_eq!(
+            resource_value(&pod, "main", "requests.cpu", Some(&millis), &NODE),
+            Ok("1500".to_string())
+        );
+        assert_eq!(
+            resource_value(&pod, "main", "requests.memory", None, &NODE),
+            Ok("0".to_string())
+        );
+        assert_eq!(
+            resource_value(&pod, "main", "limits.hugepages-2Mi", None, &NODE),
+            Ok("0".to_string())
+        );
+        assert_eq!(
+            resource_value(
+                &pod,
+                "main",
+                "limits.cpu",
+                Some(&Quantity("0.5x".into())),
+                &NODE
+            ),
+            Err(DownwardError::InvalidQuantity("0.5x".into()))
+        );
+    }
+
+    #[test]
+    fn maps_quote_values_as_go_does() {
+        let map = BTreeMap::from([
+            ("b".to_string(), "tab\there\u{7}\u{1}\u{85}é".to_string()),
+            ("a".to_string(), "back\\slash".to_string()),
+        ]);
+        assert_eq!(
+            format_map(Some(&map)),
+            "a=\"back\\\\slash\"\nb=\"tab\\there\\a\\x01\\u0085é\""
+        );
+        assert_eq!(format_map(None), "");
+    }
+
+    #[test]
+    fn runtime_ips_override_a_lagging_status() {
+        let mut pod = pod();
+        pod.status = None;
+        assert_eq!(field_value(&pod, "status.podIP"), Ok(String::new()));
+        let pod = with_runtime_ips(
+            &pod,
+            &["10.42.0.9".into(), "fd00::9".into()],
+            &["192.168.1.5".into()],
+        );
+        assert_eq!(field_value(&pod, "status.podIP"), Ok("10.42.0.9".into()));
+        assert_eq!(
+            field_value(&pod, "status.podIPs"),
+            Ok("10.42.0.9,fd00::9".into())
+        );
+        assert_eq!(field_value(&pod, "status.hostIP"), Ok("192.168.1.5".into()));
+        assert_eq!(
+            field_value(&pod, "status.hostIPs"),
+            Ok("192.168.1.5".into())
+        );
     }
 }

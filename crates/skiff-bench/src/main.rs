@@ -6,6 +6,8 @@
 //!   and N clients with 10k, optionally 100k, pods stored; full lists as JSON
 //!   and Table).
 //! - `rss`: the server's resident memory after idling on an empty store.
+//! - `pods`: pod startup latency through the node agent against the bare CRI
+//!   floor, and the agent's idle memory (needs root: it runs containerd).
 //! - `etcd` (feature `etcd`): durable writes of the embedded store against a
 //!   real etcd on the same disk.
 //!
@@ -16,6 +18,7 @@ mod api;
 mod etcd;
 mod http;
 mod pod;
+mod pods_startup;
 mod run;
 mod server;
 mod stats;
@@ -46,6 +49,9 @@ enum Command {
     Api(ApiArgs),
     /// Resident memory of an idle skiff server with an empty store.
     Rss(RssArgs),
+    /// Pod startup through the node agent against the bare CRI floor, and the
+    /// agent's idle memory. Needs root: it runs containerd and pods.
+    Pods(PodsArgs),
     /// Durable writes: the embedded store against etcd on the same disk.
     #[cfg(feature = "etcd")]
     Etcd(EtcdArgs),
@@ -102,6 +108,21 @@ struct RssArgs {
     #[command(flatten)]
     binary: SkiffBinary,
     /// Seconds to stay idle before reading the memory.
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct PodsArgs {
+    #[command(flatten)]
+    binary: SkiffBinary,
+    /// Pods of each mode (one by one, all at once).
+    #[arg(long, default_value_t = 50)]
+    pods: usize,
+    /// Sandboxes of the CRI floor, run one by one.
+    #[arg(long, default_value_t = 20)]
+    floor_runs: usize,
+    /// Seconds each server stays idle before its memory is read.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
 }
@@ -166,6 +187,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Pods(args) => {
+            let settings = pods_startup::Settings {
+                skiff: args.binary.path(),
+                dir,
+                pods: args.pods,
+                floor_runs: args.floor_runs,
+                idle: Duration::from_secs(args.idle_secs),
+            };
+            pods_startup::run(&settings).await
+        }
         #[cfg(feature = "etcd")]
         Command::Etcd(args) => {
             let settings = etcd::Settings {
@@ -204,5 +235,11 @@ mod tests {
             skiff: Some("/bin/skiff".into()),
         };
         assert_eq!(explicit.path(), PathBuf::from("/bin/skiff"));
+
+        let cli = Cli::try_parse_from(["skiff-bench", "pods", "--pods", "5"]).unwrap();
+        let Command::Pods(args) = cli.command else {
+            panic!("not pods");
+        };
+        assert_eq!((args.pods, args.floor_runs, args.idle_secs), (5, 20, 10));
     }
 }

@@ -1,7 +1,10 @@
-//! A container's environment, resolved as upstream's kubelet does: Service
-//! variables first, then `envFrom` sources in order, then `env` entries in
-//! order (later wins), with `$(VAR)` references expanded against what was
-//! defined before.
+//! A container's environment, resolved as upstream's kubelet does
+//! (`makeEnvironmentVariables`): Service variables first, then `envFrom`
+//! sources in order, then `env` entries in order (later wins), with `$(VAR)`
+//! references expanded against what was defined before.
+//!
+//! `envFrom` keys are taken as they are, prefixed: upstream no longer drops
+//! keys that are not C identifiers (relaxed env var names).
 
 use std::collections::HashMap;
 
@@ -90,16 +93,6 @@ pub fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// A valid env var name for `envFrom` keys (upstream skips invalid ones):
-/// a C identifier-ish name of printable characters without `=`.
-fn valid_env_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
 /// Ordered environment with "later wins" semantics.
 #[derive(Default)]
 struct Env {
@@ -130,6 +123,12 @@ impl Env {
 }
 
 /// The container's environment.
+///
+/// `fieldRef`s read the pod object, so pass a pod whose status carries the
+/// sandbox's and the node's IPs ([`crate::downward::with_runtime_ips`]);
+/// `resourceFieldRef`s fall back to `node` for limits the container does not
+/// set. A missing ConfigMap, Secret or key that is not `optional` fails with
+/// upstream's message.
 pub async fn resolve_env(
     pod: &Pod,
     container: &Container,
@@ -149,10 +148,7 @@ pub async fn resolve_env(
             match objects.config_map(namespace, &reference.name).await? {
                 Some(cm) => {
                     for (key, value) in cm.data.clone().unwrap_or_default() {
-                        let name = format!("{prefix}{key}");
-                        if valid_env_name(&name) {
-                            env.set(name, value);
-                        }
+                        env.set(format!("{prefix}{key}"), value);
                     }
                 }
                 None if optional => {}
@@ -164,10 +160,8 @@ pub async fn resolve_env(
             match objects.secret(namespace, &reference.name).await? {
                 Some(secret) => {
                     for (key, value) in secret.data.clone().unwrap_or_default() {
-                        let name = format!("{prefix}{key}");
-                        if valid_env_name(&name) {
-                            env.set(name, String::from_utf8_lossy(&value.0).into_owned());
-                        }
+                        let value = String::from_utf8_lossy(&value.0).into_owned();
+                        env.set(format!("{prefix}{key}"), value);
                     }
                 }
                 None if optional => {}
@@ -176,7 +170,11 @@ pub async fn resolve_env(
         }
     }
     for var in container.env.iter().flatten() {
-        let value = match (&var.value, &var.value_from) {
+        // A non-empty value wins over a source, as upstream reads them.
+        let value = match (
+            var.value.as_ref().filter(|v| !v.is_empty()),
+            &var.value_from,
+        ) {
             (Some(value), _) => {
                 let lookup = |name: &str| env.values.get(name).cloned();
                 Some(expand(value, &lookup))
@@ -234,7 +232,9 @@ pub async fn resolve_env(
                         node,
                     )?)
                 } else {
-                    None
+                    // A source this agent does not know (upstream leaves
+                    // such a variable empty too).
+                    Some(String::new())
                 }
             }
             (None, None) => Some(String::new()),
@@ -253,8 +253,10 @@ mod tests {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{
         ConfigMap, ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource,
-        ObjectFieldSelector, PodSpec, Secret, SecretKeySelector,
+        ObjectFieldSelector, PodSpec, ResourceFieldSelector, ResourceRequirements, Secret,
+        SecretEnvSource, SecretKeySelector,
     };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
@@ -274,7 +276,7 @@ mod tests {
                 metadata: meta("settings"),
                 data: Some(BTreeMap::from([
                     ("MODE".into(), "fast".into()),
-                    ("1BAD".into(), "skipped".into()),
+                    ("1ST".into(), "kept".into()),
                 ])),
                 ..ConfigMap::default()
             })
@@ -384,7 +386,7 @@ mod tests {
         assert_eq!(get("PASSWORD"), Some("s3cret"));
         assert_eq!(get("POD"), Some("web"));
         assert_eq!(get("CFG_MODE"), Some("overridden"));
-        assert_eq!(get("CFG_1BAD"), Some("skipped"), "prefixed key is valid");
+        assert_eq!(get("CFG_1ST"), Some("kept"));
     }
 
     #[tokio::test]
@@ -423,5 +425,109 @@ mod tests {
     fn expansion_rules() {
         let lookup = |name: &str| (name == "A").then(|| "1".to_string());
         assert_eq!(expand("$(A)-$(B)-$$-$x-$(", &lookup), "1-$(B)-$-$x-$(");
+    }
+
+    #[tokio::test]
+    async fn later_sources_override_earlier_ones() {
+        let container = Container {
+            name: "main".into(),
+            resources: Some(ResourceRequirements {
+                limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+                ..ResourceRequirements::default()
+            }),
+            env_from: Some(vec![
+                EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: "creds".into(),
+                        optional: None,
+                    }),
+                    ..EnvFromSource::default()
+                },
+                EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: "absent".into(),
+                        optional: Some(true),
+                    }),
+                    ..EnvFromSource::default()
+                },
+            ]),
+            env: Some(vec![
+                var("WEB_SERVICE_HOST", "mine"),
+                var("REF", "$(WEB_SERVICE_HOST)/$(password)"),
+                // An empty value defers to the source.
+                EnvVar {
+                    name: "MEM".into(),
+                    value: Some(String::new()),
+                    value_from: Some(EnvVarSource {
+                        resource_field_ref: Some(ResourceFieldSelector {
+                            resource: "limits.memory".into(),
+                            divisor: Some(Quantity("1Mi".into())),
+                            container_name: None,
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                },
+                var("EMPTY", ""),
+            ]),
+            ..Container::default()
+        };
+        let env = resolve(container).await.expect("resolve");
+        assert_eq!(
+            env,
+            [
+                ("WEB_SERVICE_HOST".to_string(), "mine".to_string()),
+                ("password".into(), "s3cret".into()),
+                ("REF".into(), "mine/s3cret".into()),
+                ("MEM".into(), "64".into()),
+                ("EMPTY".into(), String::new()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_secrets_and_bad_field_paths_fail() {
+        let with = |source| Container {
+            name: "main".into(),
+            env: Some(vec![from("X", source)]),
+            ..Container::default()
+        };
+        let secret_ref = |name: &str, key: &str| EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.into(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        };
+        let err = resolve(with(secret_ref("absent", "k"))).await.unwrap_err();
+        assert_eq!(err.to_string(), "secret \"absent\" not found");
+        let err = resolve(with(secret_ref("creds", "user")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "couldn't find key user in Secret ns/creds");
+        let field = EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "spec.containers".into(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        };
+        assert!(matches!(
+            resolve(with(field)).await,
+            Err(EnvError::Downward(_))
+        ));
+        let env_from = Container {
+            name: "main".into(),
+            env_from: Some(vec![EnvFromSource {
+                config_map_ref: Some(ConfigMapEnvSource {
+                    name: "absent".into(),
+                    optional: None,
+                }),
+                ..EnvFromSource::default()
+            }]),
+            ..Container::default()
+        };
+        let err = resolve(env_from).await.unwrap_err();
+        assert_eq!(err.to_string(), "configmap \"absent\" not found");
     }
 }

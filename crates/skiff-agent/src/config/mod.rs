@@ -1,27 +1,39 @@
 //! A pod, translated into the CRI requests that run it.
 //!
-//! Pure functions, no IO: the pod worker feeds them the pod, the resolved
-//! environment and the volume mounts, and sends what they return to the
-//! runtime. Upstream's kubelet rules are the spec (`kuberuntime_sandbox.go`,
-//! `kuberuntime_container_linux.go`, `qos/policy.go`, `cm/helpers_linux.go`).
+//! Pure functions over the pod and what the agent knows about the node: the
+//! pod worker feeds them the pod, the resolved environment and the volume
+//! mounts, and sends what they return to the runtime. The only IO is reading
+//! the host's resolv.conf for DNS. Upstream's kubelet rules are the spec
+//! (`kuberuntime_sandbox.go`, `kuberuntime_container*.go`, `labels.go`,
+//! `network/dns`, `qos/policy.go`, `cm/helpers_linux.go`).
+//!
+//! - [`sandbox_config`], [`container_config`]: the CRI configs.
+//! - [`resolve_env`]: a container's environment (reads ConfigMaps/Secrets).
+//! - [`qos_class`], [`oom_score_adj`], [`dns_config`],
+//!   [`hostname_and_domain`], [`etc_hosts`]: the rules they are built from,
+//!   for the status and the pod's files.
 
+mod dns;
 mod env;
+mod hosts;
 mod qos;
+mod resources;
+mod security;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use skiff_api::quantity::Quantity;
 use skiff_cri::v1::{
-    Capability, ContainerConfig, ContainerMetadata, DnsConfig, ImageSpec, Int64Value, KeyValue,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
+    ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig,
+    LinuxPodSandboxConfig, Mount, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
 };
 
-pub use env::{EnvError, resolve_env};
+pub use dns::dns_config;
+pub use env::{EnvError, expand, resolve_env};
+pub use hosts::{etc_hosts, hostname_and_domain};
 pub use qos::{QosClass, qos_class};
+pub use resources::{milli_cpu_to_quota, milli_cpu_to_shares, oom_score_adj};
 
 /// Label naming the pod's uid on sandboxes and containers (the agent finds
 /// its pods in the runtime by it).
@@ -32,17 +44,25 @@ pub const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
 pub const POD_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// Label naming the container.
 pub const CONTAINER_NAME_LABEL: &str = "io.kubernetes.container.name";
+/// Annotation carrying the container's restart count.
+pub const RESTART_COUNT_ANNOTATION: &str = "io.kubernetes.container.restartCount";
+/// Annotation carrying the container's `terminationMessagePath`.
+pub const TERMINATION_MESSAGE_PATH_ANNOTATION: &str =
+    "io.kubernetes.container.terminationMessagePath";
+/// Annotation carrying the container's `terminationMessagePolicy`.
+pub const TERMINATION_MESSAGE_POLICY_ANNOTATION: &str =
+    "io.kubernetes.container.terminationMessagePolicy";
+/// Annotation carrying the pod's `terminationGracePeriodSeconds`.
+pub const TERMINATION_GRACE_PERIOD_ANNOTATION: &str = "io.kubernetes.pod.terminationGracePeriod";
+/// Annotation carrying the pod's `deletionGracePeriodSeconds`.
+pub const DELETION_GRACE_PERIOD_ANNOTATION: &str = "io.kubernetes.pod.deletionGracePeriod";
+/// Annotation carrying the container's preStop handler as JSON.
+pub const PRE_STOP_ANNOTATION: &str = "io.kubernetes.container.preStopHandler";
+/// Annotation carrying the container's ports as JSON.
+pub const PORTS_ANNOTATION: &str = "io.kubernetes.container.ports";
 
-/// CFS period, as upstream's kubelet sets it (100 ms).
-const CPU_PERIOD_US: i64 = 100_000;
-/// Smallest CPU shares value the kernel accepts.
-const MIN_SHARES: i64 = 2;
-/// Shares of one whole CPU.
-const SHARES_PER_CPU: i64 = 1024;
-/// The cluster DNS search depth, upstream's `ndots:5`.
-const NDOTS: &str = "ndots:5";
-
-/// Why a pod cannot be turned into runtime config.
+/// Why a pod cannot be turned into runtime config. The pod worker reports
+/// it as `CreateContainerConfigError` (containers) or a failed sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -57,6 +77,24 @@ pub enum ConfigError {
         /// The text that failed.
         value: String,
     },
+    /// `spec.dnsPolicy` is not one upstream knows.
+    #[error("invalid DNSPolicy={0}")]
+    InvalidDnsPolicy(String),
+    /// The host's resolv.conf could not be read.
+    #[error("reading DNS resolver config {}: {message}", path.display())]
+    ResolvConf {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        message: String,
+    },
+    /// The pod's host name, subdomain or FQDN is not valid (upstream's
+    /// message).
+    #[error("{0}")]
+    InvalidHostname(String),
+    /// The pod asks for something this agent does not do.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The cluster DNS service pods use under `dnsPolicy: ClusterFirst`.
@@ -73,14 +111,22 @@ pub struct ClusterDns {
 pub struct SandboxContext {
     /// The node's name.
     pub node_name: String,
-    /// Root of the pods' log directories (`DATA/agent/logs`).
+    /// Root of the pods' log directories (`DATA/logs`).
     pub log_root: PathBuf,
     /// The cluster DNS, if there is one.
     pub cluster_dns: Option<ClusterDns>,
-    /// The host's resolv.conf (`dnsPolicy: Default`).
+    /// The host's resolv.conf, the base of every pod's DNS config.
     pub host_resolv_conf: PathBuf,
     /// The cgroup every pod goes under, e.g. `/kubepods`.
     pub cgroup_parent_root: String,
+}
+
+impl SandboxContext {
+    /// The cluster domain (empty without a cluster DNS, as upstream's
+    /// kubelet has it without `--cluster-domain`).
+    pub fn cluster_domain(&self) -> &str {
+        self.cluster_dns.as_ref().map_or("", |d| d.domain.as_str())
+    }
 }
 
 /// What container config needs besides the pod and the container.
@@ -90,9 +136,9 @@ pub struct ContainerContext<'a> {
     pub restart_count: u32,
     /// The image id (or reference) to run.
     pub image_ref: &'a str,
-    /// The resolved environment.
+    /// The resolved environment ([`resolve_env`]).
     pub env: Vec<KeyValue>,
-    /// The volume mounts.
+    /// The volume mounts (and `/etc/hosts`, see [`etc_hosts`]).
     pub mounts: Vec<Mount>,
 }
 
@@ -115,36 +161,19 @@ pub fn log_directory(log_root: &Path, pod: &Pod) -> Result<PathBuf, ConfigError>
     )))
 }
 
-fn pod_labels(pod: &Pod) -> Result<HashMap<String, String>, ConfigError> {
-    let mut labels: HashMap<String, String> = pod
-        .metadata
-        .labels
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    labels.insert(POD_UID_LABEL.into(), uid(pod)?.to_string());
-    labels.insert(
-        POD_NAME_LABEL.into(),
-        pod.metadata.name.clone().unwrap_or_default(),
-    );
-    labels.insert(
-        POD_NAMESPACE_LABEL.into(),
-        pod.metadata.namespace.clone().unwrap_or_default(),
-    );
-    Ok(labels)
-}
-
-/// The pod's host name: `spec.hostname`, else the pod name cut to the 63
-/// bytes of a DNS label (without a trailing `-` or `.`).
-pub fn hostname(pod: &Pod) -> String {
-    let spec_hostname = pod.spec.as_ref().and_then(|s| s.hostname.clone());
-    let name = spec_hostname.unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
-    let mut cut: String = name.chars().take(63).collect();
-    while cut.ends_with(['-', '.']) {
-        cut.pop();
-    }
-    cut
+/// The labels that tie a sandbox or container to its pod.
+fn identity_labels(pod: &Pod) -> Result<HashMap<String, String>, ConfigError> {
+    Ok(HashMap::from([
+        (POD_UID_LABEL.to_string(), uid(pod)?.to_string()),
+        (
+            POD_NAME_LABEL.to_string(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
+        (
+            POD_NAMESPACE_LABEL.to_string(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        ),
+    ]))
 }
 
 fn host_network(pod: &Pod) -> bool {
@@ -154,112 +183,24 @@ fn host_network(pod: &Pod) -> bool {
         .unwrap_or(false)
 }
 
-fn namespace_options(pod: &Pod) -> NamespaceOption {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let mode = |host: Option<bool>, otherwise: NamespaceMode| {
-        if host.unwrap_or(false) {
-            NamespaceMode::Node as i32
-        } else {
-            otherwise as i32
-        }
-    };
-    let pid_otherwise = if spec.share_process_namespace.unwrap_or(false) {
-        NamespaceMode::Pod
-    } else {
-        NamespaceMode::Container
-    };
-    NamespaceOption {
-        network: mode(spec.host_network, NamespaceMode::Pod),
-        pid: mode(spec.host_pid, pid_otherwise),
-        ipc: mode(spec.host_ipc, NamespaceMode::Pod),
-        ..NamespaceOption::default()
+/// The pod's cgroup: Guaranteed pods directly under the root, the others
+/// under `burstable/` or `besteffort/` (upstream's cgroupfs layout).
+pub fn cgroup_parent(pod: &Pod, root: &str) -> Result<String, ConfigError> {
+    let uid = uid(pod)?;
+    let root = root.trim_end_matches('/');
+    Ok(match qos_class(pod) {
+        QosClass::Guaranteed => format!("{root}/pod{uid}"),
+        QosClass::Burstable => format!("{root}/burstable/pod{uid}"),
+        QosClass::BestEffort => format!("{root}/besteffort/pod{uid}"),
+    })
+}
+
+fn protocol(name: Option<&str>) -> Protocol {
+    match name {
+        Some("UDP") => Protocol::Udp,
+        Some("SCTP") => Protocol::Sctp,
+        _ => Protocol::Tcp,
     }
-}
-
-/// The pod's DNS config per `dnsPolicy`, or `None` to leave the runtime's
-/// default (the host's resolv.conf).
-pub fn dns_config(pod: &Pod, ctx: &SandboxContext) -> Option<DnsConfig> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
-    let cluster = match policy {
-        "ClusterFirstWithHostNet" => true,
-        "ClusterFirst" => !host_network(pod),
-        _ => false,
-    };
-    let mut config = match (policy, cluster, &ctx.cluster_dns) {
-        ("None", _, _) => DnsConfig::default(),
-        (_, true, Some(dns)) => {
-            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let mut searches = vec![
-                format!("{ns}.svc.{}", dns.domain),
-                format!("svc.{}", dns.domain),
-                dns.domain.clone(),
-            ];
-            searches.extend(host_searches(&ctx.host_resolv_conf));
-            DnsConfig {
-                servers: dns.servers.clone(),
-                searches,
-                options: vec![NDOTS.to_string()],
-            }
-        }
-        // Default, or ClusterFirst without a cluster DNS (upstream's kubelet
-        // falls back to the host's resolver then).
-        _ => {
-            spec.dns_config.as_ref()?;
-            host_dns(&ctx.host_resolv_conf)
-        }
-    };
-    if let Some(extra) = spec.dns_config {
-        for server in extra.nameservers.unwrap_or_default() {
-            if !config.servers.contains(&server) {
-                config.servers.push(server);
-            }
-        }
-        for search in extra.searches.unwrap_or_default() {
-            if !config.searches.contains(&search) {
-                config.searches.push(search);
-            }
-        }
-        for option in extra.options.unwrap_or_default() {
-            let name = option.name.unwrap_or_default();
-            let rendered = match option.value {
-                Some(value) => format!("{name}:{value}"),
-                None => name.clone(),
-            };
-            config
-                .options
-                .retain(|o| o.split(':').next() != Some(name.as_str()));
-            config.options.push(rendered);
-        }
-    }
-    Some(config)
-}
-
-fn read_resolv_conf(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn host_searches(path: &Path) -> Vec<String> {
-    read_resolv_conf(path)
-        .lines()
-        .filter_map(|l| l.strip_prefix("search"))
-        .flat_map(|rest| rest.split_whitespace().map(str::to_string))
-        .collect()
-}
-
-fn host_dns(path: &Path) -> DnsConfig {
-    let text = read_resolv_conf(path);
-    let mut config = DnsConfig::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("nameserver") => config.servers.extend(words.map(str::to_string)),
-            Some("search") => config.searches.extend(words.map(str::to_string)),
-            Some("options") => config.options.extend(words.map(str::to_string)),
-            _ => {}
-        }
-    }
-    config
 }
 
 /// The sandbox config of the pod's `attempt`-th sandbox.
@@ -269,16 +210,7 @@ pub fn sandbox_config(
     ctx: &SandboxContext,
 ) -> Result<PodSandboxConfig, ConfigError> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let qos = qos_class(pod);
-    let pod_uid = uid(pod)?;
-    let cgroup_parent = match qos {
-        QosClass::Guaranteed => format!("{}/pod{pod_uid}", ctx.cgroup_parent_root),
-        other => format!(
-            "{}/{}/pod{pod_uid}",
-            ctx.cgroup_parent_root,
-            other.as_str().to_lowercase()
-        ),
-    };
+    // Only ports with a host port need the runtime (the portmap plugin).
     let port_mappings = spec
         .containers
         .iter()
@@ -291,32 +223,40 @@ pub fn sandbox_config(
             host_ip: p.host_ip.clone().unwrap_or_default(),
         })
         .collect();
-    let security = spec.security_context.clone().unwrap_or_default();
-    let sysctls = security
-        .sysctls
-        .clone()
+    let sysctls = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.sysctls.clone())
         .unwrap_or_default()
         .into_iter()
         .map(|s| (s.name, s.value))
         .collect();
+    let mut labels: HashMap<String, String> = pod
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    labels.extend(identity_labels(pod)?);
     Ok(PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: pod.metadata.name.clone().unwrap_or_default(),
-            uid: pod_uid.to_string(),
+            uid: uid(pod)?.to_string(),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             attempt,
         }),
         hostname: if host_network(pod) {
             String::new()
         } else {
-            hostname(pod)
+            hosts::kernel_hostname(pod, ctx.cluster_domain())?
         },
         log_directory: log_directory(&ctx.log_root, pod)?
             .to_string_lossy()
             .into_owned(),
-        dns_config: dns_config(pod, ctx),
+        dns_config: Some(dns_config(pod, ctx)?),
         port_mappings,
-        labels: pod_labels(pod)?,
+        labels,
         annotations: pod
             .metadata
             .annotations
@@ -325,14 +265,8 @@ pub fn sandbox_config(
             .into_iter()
             .collect(),
         linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent,
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options(pod)),
-                run_as_user: security.run_as_user.map(|value| Int64Value { value }),
-                run_as_group: security.run_as_group.map(|value| Int64Value { value }),
-                supplemental_groups: security.supplemental_groups.unwrap_or_default(),
-                ..LinuxSandboxSecurityContext::default()
-            }),
+            cgroup_parent: cgroup_parent(pod, &ctx.cgroup_parent_root)?,
+            security_context: Some(security::sandbox_security(pod)?),
             sysctls,
             ..LinuxPodSandboxConfig::default()
         }),
@@ -340,129 +274,8 @@ pub fn sandbox_config(
     })
 }
 
-fn protocol(name: Option<&str>) -> Protocol {
-    match name {
-        Some("UDP") => Protocol::Udp,
-        Some("SCTP") => Protocol::Sctp,
-        _ => Protocol::Tcp,
-    }
-}
-
-fn quantity(
-    map: Option<
-        &std::collections::BTreeMap<
-            String,
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
-        >,
-    >,
-    resource: &str,
-) -> Result<Option<Quantity>, ConfigError> {
-    map.and_then(|m| m.get(resource))
-        .map(|q| {
-            Quantity::parse(&q.0).map_err(|_| ConfigError::InvalidQuantity {
-                resource: resource.to_string(),
-                value: q.0.clone(),
-            })
-        })
-        .transpose()
-}
-
-/// CPU shares for a CPU request in millicores, as upstream computes them.
-pub fn milli_cpu_to_shares(millis: i64) -> i64 {
-    if millis <= 0 {
-        return MIN_SHARES;
-    }
-    (millis * SHARES_PER_CPU / 1000).max(MIN_SHARES)
-}
-
-/// The CFS quota (µs per period) for a CPU limit in millicores.
-pub fn milli_cpu_to_quota(millis: i64) -> i64 {
-    if millis <= 0 {
-        return 0;
-    }
-    // Upstream's floor: 1 ms per period.
-    (millis * CPU_PERIOD_US / 1000).max(1000)
-}
-
-/// The container's Linux resources: shares from the CPU request (limit if
-/// only that is set), quota from the CPU limit, the memory limit, and an
-/// `oom_score_adj` by QoS class. Root here cannot lower an OOM score below
-/// zero (no `CAP_SYS_RESOURCE`), so Guaranteed and critical pods get 0
-/// rather than upstream's -997.
-fn linux_resources(
-    pod: &Pod,
-    container: &Container,
-) -> Result<LinuxContainerResources, ConfigError> {
-    let resources = container.resources.clone().unwrap_or_default();
-    let requests = resources.requests.as_ref();
-    let limits = resources.limits.as_ref();
-    let cpu_limit = quantity(limits, "cpu")?;
-    let cpu_request = quantity(requests, "cpu")?.or(cpu_limit);
-    let memory_limit = quantity(limits, "memory")?;
-    let memory_request = quantity(requests, "memory")?.or(memory_limit);
-    let mut out = LinuxContainerResources {
-        cpu_shares: milli_cpu_to_shares(cpu_request.map_or(0, |q| q.milli_value())),
-        ..LinuxContainerResources::default()
-    };
-    if let Some(limit) = cpu_limit {
-        out.cpu_period = CPU_PERIOD_US;
-        out.cpu_quota = milli_cpu_to_quota(limit.milli_value());
-    }
-    if let Some(limit) = memory_limit {
-        out.memory_limit_in_bytes = limit.value();
-    }
-    out.oom_score_adj = match qos_class(pod) {
-        QosClass::Guaranteed => 0,
-        QosClass::BestEffort => 1000,
-        QosClass::Burstable => {
-            // Upstream: 1000 - 1000 * request / node memory, within [3, 999].
-            // Without the node's capacity here, scale by the limit when set.
-            let request = memory_request.map_or(0, |q| q.value());
-            let basis = memory_limit.map_or(0, |q| q.value());
-            if basis > 0 {
-                (1000 - 1000 * request / basis).clamp(3, 999)
-            } else {
-                999
-            }
-        }
-    };
-    Ok(out)
-}
-
-fn security_context(pod: &Pod, container: &Container) -> LinuxContainerSecurityContext {
-    let pod_security = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.clone())
-        .unwrap_or_default();
-    let security = container.security_context.clone().unwrap_or_default();
-    let capabilities = security.capabilities.clone().map(|c| Capability {
-        add_capabilities: c.add.unwrap_or_default(),
-        drop_capabilities: c.drop.unwrap_or_default(),
-        ..Capability::default()
-    });
-    let privileged = security.privileged.unwrap_or(false);
-    LinuxContainerSecurityContext {
-        capabilities,
-        privileged,
-        namespace_options: Some(namespace_options(pod)),
-        run_as_user: security
-            .run_as_user
-            .or(pod_security.run_as_user)
-            .map(|value| Int64Value { value }),
-        run_as_group: security
-            .run_as_group
-            .or(pod_security.run_as_group)
-            .map(|value| Int64Value { value }),
-        readonly_rootfs: security.read_only_root_filesystem.unwrap_or(false),
-        supplemental_groups: pod_security.supplemental_groups.unwrap_or_default(),
-        no_new_privs: !privileged && security.allow_privilege_escalation == Some(false),
-        ..LinuxContainerSecurityContext::default()
-    }
-}
-
 /// `command`/`args` with `$(VAR)` references expanded from the container's
-/// environment, as upstream does.
+/// environment (the last definition of a name wins), as upstream does.
 fn expand_all(words: Option<&[String]>, env: &[KeyValue]) -> Vec<String> {
     let lookup = |name: &str| {
         env.iter()
@@ -473,32 +286,78 @@ fn expand_all(words: Option<&[String]>, env: &[KeyValue]) -> Vec<String> {
     words
         .unwrap_or_default()
         .iter()
-        .map(|word| env::expand(word, &lookup))
+        .map(|word| expand(word, &lookup))
         .collect()
 }
 
-/// The config of one container instance.
-pub fn container_config(
+/// Upstream's container annotations: restart count, termination message
+/// settings, grace periods, and the preStop handler and ports as JSON.
+fn container_annotations(
     pod: &Pod,
     container: &Container,
-    ctx: &ContainerContext<'_>,
-) -> Result<ContainerConfig, ConfigError> {
-    let mut labels = pod_labels(pod)?;
-    labels.retain(|k, _| k.starts_with("io.kubernetes."));
-    labels.insert(CONTAINER_NAME_LABEL.into(), container.name.clone());
-    let annotations = HashMap::from([
+    restart_count: u32,
+) -> HashMap<String, String> {
+    let mut annotations = HashMap::from([
         (
-            "io.kubernetes.container.restartCount".to_string(),
-            ctx.restart_count.to_string(),
+            RESTART_COUNT_ANNOTATION.to_string(),
+            restart_count.to_string(),
         ),
         (
-            "io.kubernetes.container.terminationMessagePath".to_string(),
+            TERMINATION_MESSAGE_PATH_ANNOTATION.to_string(),
             container
                 .termination_message_path
                 .clone()
                 .unwrap_or_else(|| "/dev/termination-log".into()),
         ),
+        (
+            TERMINATION_MESSAGE_POLICY_ANNOTATION.to_string(),
+            container
+                .termination_message_policy
+                .clone()
+                .unwrap_or_else(|| "File".into()),
+        ),
     ]);
+    if let Some(grace) = pod.metadata.deletion_grace_period_seconds {
+        annotations.insert(DELETION_GRACE_PERIOD_ANNOTATION.into(), grace.to_string());
+    }
+    if let Some(grace) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+    {
+        annotations.insert(
+            TERMINATION_GRACE_PERIOD_ANNOTATION.into(),
+            grace.to_string(),
+        );
+    }
+    let pre_stop = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref());
+    if let Some(json) = pre_stop.and_then(|h| serde_json::to_string(h).ok()) {
+        annotations.insert(PRE_STOP_ANNOTATION.into(), json);
+    }
+    let ports = container.ports.as_ref().filter(|p| !p.is_empty());
+    if let Some(json) = ports.and_then(|p| serde_json::to_string(p).ok()) {
+        annotations.insert(PORTS_ANNOTATION.into(), json);
+    }
+    annotations
+}
+
+/// The config of one container instance.
+///
+/// The runtime merges `command`/`args` with the image's entrypoint and cmd,
+/// and provides `/etc/resolv.conf` and the host name from the sandbox. Logs go
+/// to `NAME/RESTART_COUNT.log` under the sandbox's log directory. A Burstable
+/// container's OOM score needs the node's memory, which this context lacks;
+/// the memory limit stands in (see [`oom_score_adj`] for the exact value).
+pub fn container_config(
+    pod: &Pod,
+    container: &Container,
+    ctx: &ContainerContext<'_>,
+) -> Result<ContainerConfig, ConfigError> {
+    let mut labels = identity_labels(pod)?;
+    labels.insert(CONTAINER_NAME_LABEL.into(), container.name.clone());
     Ok(ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: container.name.clone(),
@@ -515,14 +374,14 @@ pub fn container_config(
         envs: ctx.env.clone(),
         mounts: ctx.mounts.clone(),
         labels,
-        annotations,
+        annotations: container_annotations(pod, container, ctx.restart_count),
         log_path: format!("{}/{}.log", container.name, ctx.restart_count),
         stdin: container.stdin.unwrap_or(false),
         stdin_once: container.stdin_once.unwrap_or(false),
         tty: container.tty.unwrap_or(false),
         linux: Some(LinuxContainerConfig {
-            resources: Some(linux_resources(pod, container)?),
-            security_context: Some(security_context(pod, container)),
+            resources: Some(resources::linux_resources(pod, container, None)?),
+            security_context: Some(security::container_security(pod, container)?),
         }),
         ..ContainerConfig::default()
     })

@@ -9,6 +9,7 @@
 //! where it was.
 
 mod backoff;
+mod cgroups;
 mod pull;
 mod runtime;
 mod status;
@@ -53,6 +54,9 @@ pub struct PodManagerConfig {
     pub sandbox: SandboxContext,
     /// For downward API resource values without limits.
     pub node_allocatable: NodeAllocatable,
+    /// Where pods' directories are (`DATA/agent/pods`): volumes and the
+    /// managed `/etc/hosts`.
+    pub pods_dir: std::path::PathBuf,
 }
 
 /// Everything the workers share.

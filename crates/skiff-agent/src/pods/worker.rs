@@ -31,6 +31,9 @@ const SOON: Duration = Duration::from_secs(1);
 /// at this pace).
 pub const RESYNC: Duration = Duration::from_secs(10);
 
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// What a sync asks of the worker loop.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -187,9 +190,13 @@ impl Shared {
             }
         };
 
-        let target = ProbeTarget {
-            pod_ip: sandbox.ip,
-            container_id: String::new(),
+        let hosts_file = self.write_etc_hosts(pod, sandbox.ip).await?;
+        let run = SandboxRun {
+            config: &sandbox_config,
+            id: &sandbox.id,
+            ip: sandbox.ip,
+            volumes: &volumes,
+            hosts_file: hosts_file.as_deref(),
         };
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = restart_policy(pod).to_string();
@@ -214,10 +221,7 @@ impl Shared {
                     container,
                     Kind::Init,
                     latest,
-                    &sandbox_config,
-                    &sandbox.id,
-                    &volumes,
-                    &target,
+                    &run,
                     memory,
                     if sidecar { "Always" } else { init_policy },
                 )
@@ -237,18 +241,7 @@ impl Shared {
             for container in &spec.containers {
                 let latest = runtime.latest(&sandbox.id, &container.name);
                 let step = self
-                    .step_container(
-                        pod,
-                        container,
-                        Kind::App,
-                        latest,
-                        &sandbox_config,
-                        &sandbox.id,
-                        &volumes,
-                        &target,
-                        memory,
-                        &policy,
-                    )
+                    .step_container(pod, container, Kind::App, latest, &run, memory, &policy)
                     .await?;
                 progressing |= step.progressing;
             }
@@ -327,10 +320,7 @@ impl Shared {
         container: &Container,
         kind: Kind,
         latest: Option<&ContainerRecord>,
-        sandbox_config: &PodSandboxConfig,
-        sandbox_id: &str,
-        volumes: &crate::volumes::PodVolumes,
-        target: &ProbeTarget,
+        run: &SandboxRun<'_>,
         memory: &mut PodMemory,
         policy: &str,
     ) -> Result<Step, SyncError> {
@@ -341,8 +331,8 @@ impl Shared {
             memory.waiting.remove(name);
             if memory.probes_registered.get(name) != Some(&record.id) {
                 let target = ProbeTarget {
+                    pod_ip: run.ip,
                     container_id: record.id.clone(),
-                    ..target.clone()
                 };
                 self.probes.add_container(pod_uid, container, target);
                 memory
@@ -405,17 +395,8 @@ impl Shared {
                 return Ok(Step::waiting_for(remaining));
             }
             self.backoff().step(&key, now);
-            self.start_container(
-                pod,
-                container,
-                kind,
-                record.attempt + 1,
-                sandbox_config,
-                sandbox_id,
-                volumes,
-                memory,
-            )
-            .await?;
+            self.start_container(pod, container, kind, record.attempt + 1, run, memory)
+                .await?;
             return Ok(Step::progressing());
         }
         // Never started in this sandbox (or only created).
@@ -428,17 +409,8 @@ impl Shared {
                 })
                 .await?;
         }
-        self.start_container(
-            pod,
-            container,
-            kind,
-            attempt,
-            sandbox_config,
-            sandbox_id,
-            volumes,
-            memory,
-        )
-        .await?;
+        self.start_container(pod, container, kind, attempt, run, memory)
+            .await?;
         Ok(Step::progressing())
     }
 
@@ -458,11 +430,10 @@ impl Shared {
         container: &Container,
         kind: Kind,
         attempt: u32,
-        sandbox_config: &PodSandboxConfig,
-        sandbox_id: &str,
-        volumes: &crate::volumes::PodVolumes,
+        run: &SandboxRun<'_>,
         memory: &mut PodMemory,
     ) -> Result<(), SyncError> {
+        let (sandbox_config, sandbox_id, volumes) = (run.config, run.id, run.volumes);
         let name = container.name.as_str();
         let field = Some(field_path(kind, name));
         let image_ref = match self
@@ -475,8 +446,18 @@ impl Shared {
                 return Ok(());
             }
         };
+        // Downward API IPs come from the sandbox and the node: the pod's
+        // status may not carry them yet.
+        let pod_ips: Vec<String> = run.ip.iter().map(ToString::to_string).collect();
+        let host_ips: Vec<String> = self
+            .config
+            .host_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let runtime_pod = crate::downward::with_runtime_ips(pod, &pod_ips, &host_ips);
         let env = match crate::config::resolve_env(
-            pod,
+            &runtime_pod,
             container,
             self.objects.as_ref(),
             &self.config.node_allocatable,
@@ -496,7 +477,19 @@ impl Shared {
             }
         };
         let mounts = match volumes.mounts_for(container, &env) {
-            Ok(mounts) => mounts,
+            Ok(mut mounts) => {
+                if let Some(hosts) = run.hosts_file
+                    && !mounts.iter().any(|m| m.container_path == "/etc/hosts")
+                {
+                    mounts.push(skiff_cri::v1::Mount {
+                        container_path: "/etc/hosts".into(),
+                        host_path: hosts.to_string_lossy().into_owned(),
+                        selinux_relabel: true,
+                        ..skiff_cri::v1::Mount::default()
+                    });
+                }
+                mounts
+            }
             Err(e) => {
                 let message = format!("Error: {e}");
                 self.event(pod, field, EventType::Warning, "Failed", &message);
@@ -561,7 +554,7 @@ impl Shared {
             .and_then(|l| l.post_start.as_ref())
         {
             let target = ProbeTarget {
-                pod_ip: None,
+                pod_ip: run.ip,
                 container_id: created.clone(),
             };
             let timeout = Duration::from_secs(u64::try_from(grace_seconds(pod)).unwrap_or(30));
@@ -707,6 +700,50 @@ impl Shared {
         out
     }
 
+    /// Writes the pod's managed `/etc/hosts` (`PODS/UID/etc-hosts`) once the
+    /// pod has an IP or uses the host network, as upstream does; `None`
+    /// until then. Rewritten only when its content changes.
+    async fn write_etc_hosts(
+        &self,
+        pod: &Pod,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Option<std::path::PathBuf>, SyncError> {
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if ip.is_none() && !host_network {
+            return Ok(None);
+        }
+        let pod_ips: Vec<String> = ip.iter().map(ToString::to_string).collect();
+        let node_hosts = if host_network {
+            tokio::fs::read_to_string("/etc/hosts")
+                .await
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let domain = self.config.sandbox.cluster_domain().to_string();
+        let content = crate::config::etc_hosts(pod, &pod_ips, &domain, &node_hosts)
+            .map_err(|e| SyncError::Config(e.to_string()))?;
+        let path = self.config.pods_dir.join(uid(pod)).join("etc-hosts");
+        if tokio::fs::read_to_string(&path).await.ok().as_deref() != Some(content.as_str()) {
+            let write = async {
+                if let Some(dir) = path.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                let temp = path.with_extension("tmp");
+                tokio::fs::write(&temp, content.as_bytes()).await?;
+                tokio::fs::rename(&temp, &path).await
+            };
+            write
+                .await
+                .map_err(|e| SyncError::Config(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(Some(path))
+    }
+
     /// Stops one container: preStop hook, then the stop signal and SIGKILL
     /// after what is left of `grace` seconds.
     async fn stop_container(
@@ -826,6 +863,15 @@ impl Shared {
         }
         self.probes.remove_pod(pod_uid);
         self.backoff().forget_prefix(&format!("{pod_uid}/"));
+        if let Err(e) = super::cgroups::remove_pod_cgroups(
+            std::path::Path::new(CGROUP_ROOT),
+            &self.config.sandbox.cgroup_parent_root,
+            pod_uid,
+        ) {
+            // Logged, not retried: the pod is otherwise gone, and a busy
+            // cgroup empties when its last process exits.
+            tracing::warn!(pod = pod_uid, error = %e, "removing the pod's cgroups");
+        }
         self.volumes
             .cleanup(pod_uid)
             .await
@@ -962,6 +1008,16 @@ fn humanize(delay: Duration) -> String {
     } else {
         format!("{}m{}s", secs / 60, secs % 60)
     }
+}
+
+/// The running sandbox a sync starts containers in.
+struct SandboxRun<'a> {
+    config: &'a PodSandboxConfig,
+    id: &'a str,
+    ip: Option<std::net::IpAddr>,
+    volumes: &'a crate::volumes::PodVolumes,
+    /// The pod's managed `/etc/hosts`, once it can be written.
+    hosts_file: Option<&'a std::path::Path>,
 }
 
 /// What one container step did.

@@ -11,6 +11,8 @@ use crate::util::{apply, cluster, wait_pod, wait_running};
 
 #[test]
 fn logs_with_options_and_previous() {
+    // containerd copies stdout and stderr on separate goroutines, so the
+    // stderr line waits a moment to land after the stdout ones in the file.
     let ns = cluster().namespace("logs");
     apply(
         ns.name(),
@@ -23,7 +25,7 @@ spec:
   containers:
   - name: main
     image: IMAGE
-    command: [sh, -c, "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2; sleep 2; exit 1"]
+    command: [sh, -c, "for i in 1 2 3 4 5; do echo line$i; done; sleep 1; echo oops >&2; sleep 2; exit 1"]
 "#,
     );
     wait_pod(ns.name(), "talker", "one restart", |p| {
