@@ -49,6 +49,9 @@ pub const RESTART_COUNT_ANNOTATION: &str = "io.kubernetes.container.restartCount
 /// Annotation carrying the container's `terminationMessagePath`.
 pub const TERMINATION_MESSAGE_PATH_ANNOTATION: &str =
     "io.kubernetes.container.terminationMessagePath";
+/// Where a container's termination message is read from when its spec
+/// names no `terminationMessagePath` (upstream's default).
+pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Annotation carrying the container's `terminationMessagePolicy`.
 pub const TERMINATION_MESSAGE_POLICY_ANNOTATION: &str =
     "io.kubernetes.container.terminationMessagePolicy";
@@ -307,7 +310,7 @@ fn container_annotations(
             container
                 .termination_message_path
                 .clone()
-                .unwrap_or_else(|| "/dev/termination-log".into()),
+                .unwrap_or_else(|| DEFAULT_TERMINATION_MESSAGE_PATH.into()),
         ),
         (
             TERMINATION_MESSAGE_POLICY_ANNOTATION.to_string(),

@@ -280,6 +280,12 @@ impl RuntimeView {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
+        let written = termination_message(&status).await;
+        let message = match (status.message.is_empty(), written.is_empty()) {
+            (_, true) => status.message,
+            (true, false) => written,
+            (false, false) => format!("{}: {written}", status.message),
+        };
         let record = ContainerRecord {
             id: id.to_string(),
             sandbox_id: sandbox_id.to_string(),
@@ -296,7 +302,7 @@ impl RuntimeView {
             finished_at: status.finished_at,
             exit_code: status.exit_code,
             reason: status.reason,
-            message: status.message,
+            message,
             image: status.image.map(|i| i.image).unwrap_or_default(),
             image_ref: status.image_ref,
             log_path: status.log_path,
@@ -317,6 +323,83 @@ impl ContainerRecord {
 
 /// The network namespace path in containerd's verbose sandbox info (the
 /// runtime spec's `linux.namespaces[type=network].path`).
+/// How much of a termination message file is read, as upstream.
+const MAX_TERMINATION_MESSAGE_BYTES: u64 = 4096;
+/// The log fallback reads this many lines from the end...
+const FALLBACK_LOG_LINES: u64 = 80;
+/// ...and keeps at most this many bytes of their end.
+const FALLBACK_LOG_BYTES: usize = 2048;
+
+/// The termination message of an exited container, as upstream's kubelet
+/// finds it: the file mounted at the `terminationMessagePath` (named by the
+/// container's annotations), or, with `FallbackToLogsOnError` and a failed
+/// exit, the end of its log when the file is empty. Unreadable sources give
+/// an empty message: it is informational and must not fail a relist.
+async fn termination_message(status: &skiff_cri::v1::ContainerStatus) -> String {
+    use crate::config::{
+        TERMINATION_MESSAGE_PATH_ANNOTATION, TERMINATION_MESSAGE_POLICY_ANNOTATION,
+    };
+    if status.state != ContainerState::ContainerExited as i32 {
+        return String::new();
+    }
+    let fallback = status
+        .annotations
+        .get(TERMINATION_MESSAGE_POLICY_ANNOTATION)
+        .is_some_and(|p| p == "FallbackToLogsOnError")
+        && status.exit_code != 0
+        && status.reason != "ContainerCannotRun";
+    let file = status
+        .annotations
+        .get(TERMINATION_MESSAGE_PATH_ANNOTATION)
+        .filter(|path| !path.is_empty())
+        .and_then(|path| status.mounts.iter().find(|m| &m.container_path == path));
+    if let Some(mount) = file {
+        let written = read_capped(std::path::Path::new(&mount.host_path)).await;
+        if !written.is_empty() {
+            return written;
+        }
+    }
+    if fallback && !status.log_path.is_empty() {
+        return log_tail(std::path::Path::new(&status.log_path)).await;
+    }
+    String::new()
+}
+
+/// The first [`MAX_TERMINATION_MESSAGE_BYTES`] of `path`, or nothing.
+async fn read_capped(path: &std::path::Path) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let read = async {
+        let file = tokio::fs::File::open(path).await?;
+        file.take(MAX_TERMINATION_MESSAGE_BYTES)
+            .read_to_end(&mut bytes)
+            .await
+    };
+    match read.await {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The container's output at the end of its log file, for
+/// `FallbackToLogsOnError`.
+async fn log_tail(path: &std::path::Path) -> String {
+    let options = crate::logs::LogOptions {
+        tail_lines: Some(FALLBACK_LOG_LINES),
+        ..crate::logs::LogOptions::default()
+    };
+    let mut out = Vec::new();
+    let not_running = || -> futures::future::BoxFuture<'static, bool> { Box::pin(async { false }) };
+    if crate::logs::write_logs(path, &options, not_running, &mut out)
+        .await
+        .is_err()
+    {
+        return String::new();
+    }
+    let start = out.len().saturating_sub(FALLBACK_LOG_BYTES);
+    String::from_utf8_lossy(&out[start..]).into_owned()
+}
+
 fn netns_path(info: &str) -> Option<PathBuf> {
     let info: serde_json::Value = serde_json::from_str(info).ok()?;
     info.pointer("/runtimeSpec/linux/namespaces")?
@@ -349,5 +432,71 @@ mod tests {
         let host_network = r#"{"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"}]}}}"#;
         assert_eq!(netns_path(host_network), None);
         assert_eq!(netns_path("not json"), None);
+    }
+
+    /// An exited container whose termination message path is backed by
+    /// `file` and whose log is `log`, with `policy`, exit `code`.
+    fn exited(
+        file: &std::path::Path,
+        log: &std::path::Path,
+        policy: &str,
+        code: i32,
+    ) -> skiff_cri::v1::ContainerStatus {
+        use crate::config::{
+            TERMINATION_MESSAGE_PATH_ANNOTATION, TERMINATION_MESSAGE_POLICY_ANNOTATION,
+        };
+        skiff_cri::v1::ContainerStatus {
+            state: ContainerState::ContainerExited as i32,
+            exit_code: code,
+            annotations: HashMap::from([
+                (
+                    TERMINATION_MESSAGE_PATH_ANNOTATION.to_string(),
+                    "/dev/termination-log".to_string(),
+                ),
+                (
+                    TERMINATION_MESSAGE_POLICY_ANNOTATION.to_string(),
+                    policy.to_string(),
+                ),
+            ]),
+            mounts: vec![skiff_cri::v1::Mount {
+                container_path: "/dev/termination-log".into(),
+                host_path: file.to_string_lossy().into_owned(),
+                ..skiff_cri::v1::Mount::default()
+            }],
+            log_path: log.to_string_lossy().into_owned(),
+            ..skiff_cri::v1::ContainerStatus::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn termination_message_comes_from_the_file_then_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("msg");
+        let log = dir.path().join("0.log");
+        std::fs::write(
+            &log,
+            "2024-01-01T00:00:00.000000000Z stdout F first\n\
+             2024-01-01T00:00:00.000000001Z stderr F last words\n",
+        )
+        .expect("log");
+
+        std::fs::write(&file, "x".repeat(5000)).expect("file");
+        let capped = termination_message(&exited(&file, &log, "File", 1)).await;
+        assert_eq!(capped.len(), 4096, "the file is read up to 4 KiB");
+
+        std::fs::write(&file, "").expect("file");
+        let fallback = exited(&file, &log, "FallbackToLogsOnError", 2);
+        assert_eq!(termination_message(&fallback).await, "first\nlast words\n");
+        // No fallback for the File policy, nor for a successful exit.
+        assert_eq!(
+            termination_message(&exited(&file, &log, "File", 2)).await,
+            ""
+        );
+        let succeeded = exited(&file, &log, "FallbackToLogsOnError", 0);
+        assert_eq!(termination_message(&succeeded).await, "");
+        // A running container has no termination message yet.
+        let mut running = exited(&file, &log, "FallbackToLogsOnError", 2);
+        running.state = ContainerState::ContainerRunning as i32;
+        assert_eq!(termination_message(&running).await, "");
     }
 }

@@ -56,6 +56,9 @@ pub struct PodMemory {
     killed: Vec<String>,
     /// Whether the sandbox's network was reported, for the probe targets.
     probes_registered: HashMap<String, String>,
+    /// Why the agent failed the pod itself (`DeadlineExceeded`), with the
+    /// message for `status.reason`/`status.message`.
+    failed: Option<(&'static str, String)>,
 }
 
 /// Which list of the spec a container is in.
@@ -162,6 +165,16 @@ impl Shared {
             }
             return Ok(Next::After(RESYNC));
         }
+        let deadline_left = active_deadline_left(pod, jiff::Timestamp::now());
+        if deadline_left.is_some_and(|left| left.is_zero()) {
+            let message = "Pod was active on the node longer than the specified deadline";
+            self.event(pod, None, EventType::Normal, "DeadlineExceeded", message);
+            memory.failed = Some(("DeadlineExceeded", message.to_string()));
+            self.kill_pod(Some(pod), &runtime, grace_seconds(pod))
+                .await?;
+            self.report(pod, memory, true).await?;
+            return Ok(Next::After(RESYNC));
+        }
 
         let mut progressing = false;
         let sandbox = match runtime.ready_sandbox() {
@@ -247,7 +260,11 @@ impl Shared {
             }
         }
         self.report(pod, memory, false).await?;
-        Ok(Next::After(if progressing { SOON } else { RESYNC }))
+        let next = if progressing { SOON } else { RESYNC };
+        // Wake up when the active deadline passes, not a resync later.
+        Ok(Next::After(
+            deadline_left.map_or(next, |left| next.min(left)),
+        ))
     }
 
     /// Whether a pod whose sandbox is gone should stay down: every app
@@ -488,6 +505,13 @@ impl Shared {
                         ..skiff_cri::v1::Mount::default()
                     });
                 }
+                if let Some(mount) = self.termination_log(pod, container, attempt).await?
+                    && !mounts
+                        .iter()
+                        .any(|m| m.container_path == mount.container_path)
+                {
+                    mounts.push(mount);
+                }
                 mounts
             }
             Err(e) => {
@@ -703,6 +727,46 @@ impl Shared {
     /// Writes the pod's managed `/etc/hosts` (`PODS/UID/etc-hosts`) once the
     /// pod has an IP or uses the host network, as upstream does; `None`
     /// until then. Rewritten only when its content changes.
+    /// The mount of a fresh, empty host file at the container's
+    /// `terminationMessagePath`, as upstream's kubelet gives every container
+    /// instance: what the app writes there becomes the message of its
+    /// terminated state (read back in [`super::runtime`]). The file is
+    /// `PODS/<uid>/containers/<name>/<attempt>`, so each instance starts empty.
+    async fn termination_log(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        attempt: u32,
+    ) -> Result<Option<skiff_cri::v1::Mount>, SyncError> {
+        let container_path = container
+            .termination_message_path
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_TERMINATION_MESSAGE_PATH);
+        if container_path.is_empty() {
+            return Ok(None);
+        }
+        let dir = self
+            .config
+            .pods_dir
+            .join(uid(pod))
+            .join("containers")
+            .join(&container.name);
+        let path = dir.join(attempt.to_string());
+        let create = async {
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::write(&path, b"").await
+        };
+        create
+            .await
+            .map_err(|e| SyncError::Config(format!("creating {}: {e}", path.display())))?;
+        Ok(Some(skiff_cri::v1::Mount {
+            container_path: container_path.to_string(),
+            host_path: path.to_string_lossy().into_owned(),
+            selinux_relabel: true,
+            ..skiff_cri::v1::Mount::default()
+        }))
+    }
+
     async fn write_etc_hosts(
         &self,
         pod: &Pod,
@@ -943,7 +1007,11 @@ impl Shared {
             };
             status::pod_status(&input)
         };
-        if stopped {
+        if let Some((reason, message)) = &memory.failed {
+            computed.phase = Some(Phase::Failed.as_str().to_string());
+            computed.reason = Some((*reason).to_string());
+            computed.message = Some(message.clone());
+        } else if stopped {
             let phase = computed.phase.as_deref().unwrap_or("Pending");
             if !matches!(phase, "Succeeded" | "Failed") {
                 let failed = computed.container_statuses.iter().flatten().any(|s| {
@@ -982,6 +1050,18 @@ impl Shared {
         memory.last_status = Some(comparable);
         Ok(Next::After(RESYNC))
     }
+}
+
+/// How much of `spec.activeDeadlineSeconds` is left, counted from
+/// `status.startTime` as upstream does; `None` without a deadline or start.
+fn active_deadline_left(pod: &Pod, now: jiff::Timestamp) -> Option<Duration> {
+    let deadline = pod.spec.as_ref()?.active_deadline_seconds?;
+    let started = pod.status.as_ref()?.start_time.as_ref()?.0;
+    let ends = started
+        .checked_add(jiff::SignedDuration::from_secs(deadline))
+        .ok()?;
+    let left = now.duration_until(ends);
+    Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
 }
 
 /// Condition timestamps change with every computation; they must not make
@@ -1070,6 +1150,24 @@ pub enum SyncError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_deadline_counts_from_the_start_time() {
+        let start: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("time");
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [], "activeDeadlineSeconds": 30},
+            "status": {"startTime": "2026-01-01T00:00:00Z"},
+        }))
+        .expect("pod");
+        let at = |secs| start + jiff::SignedDuration::from_secs(secs);
+        assert_eq!(
+            active_deadline_left(&pod, at(10)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(active_deadline_left(&pod, at(45)), Some(Duration::ZERO));
+        pod.spec.as_mut().expect("spec").active_deadline_seconds = None;
+        assert_eq!(active_deadline_left(&pod, at(45)), None);
+    }
 
     #[test]
     fn back_off_delays_print_like_go() {

@@ -8,3 +8,5 @@ mod util;
 mod failures;
 mod lifecycle;
 mod streaming;
+mod termination;
+mod volumes;
