@@ -170,4 +170,17 @@ spec:
         );
         assert!(body.ends_with("forwarded\n"), "{body}");
     }
+
+    // The Python client speaks the WebSocket channel protocol instead.
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/portforward.py");
+    let mut python = cluster().command(&skiff_testing::tools().python);
+    python.arg(script).args([ns.name(), "web", "8080"]);
+    let output = skiff_testing::output_with_timeout(python, None, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("python port-forward: ok"),
+        "portforward.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -429,6 +429,7 @@ async fn channels(socket: WebSocket, dialer: Dialer, ports: Vec<u16>) {
         let _ = ws_tx.close().await;
     });
     let mut writers = Vec::with_capacity(ports.len());
+    let mut readers = tokio::task::JoinSet::new();
     for (index, port) in ports.iter().enumerate() {
         let Ok(data_channel) = u8::try_from(index * 2) else {
             break;
@@ -443,7 +444,7 @@ async fn channels(socket: WebSocket, dialer: Dialer, ports: Vec<u16>) {
                 let (mut read, write) = stream.into_split();
                 writers.push(Some(write));
                 let out = out_tx.clone();
-                tokio::spawn(async move {
+                readers.spawn(async move {
                     let mut buf = vec![0u8; CHUNK];
                     loop {
                         match read.read(&mut buf[1..]).await {
@@ -468,26 +469,42 @@ async fn channels(socket: WebSocket, dialer: Dialer, ports: Vec<u16>) {
             }
         }
     }
-    while let Some(Ok(message)) = ws_rx.next().await {
-        let payload = match message {
-            Message::Binary(bytes) => bytes,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let Some((&channel, data)) = payload.split_first() else {
-            continue;
-        };
-        let index = usize::from(channel / 2);
-        if channel % 2 == 0
-            && let Some(Some(writer)) = writers.get_mut(index)
-            && writer.write_all(data).await.is_err()
-        {
-            writers[index] = None;
+    // The session ends when the client closes it, or when every pod
+    // connection has closed (as upstream's kubelet closes the WebSocket).
+    {
+        let all_closed = async { while readers.join_next().await.is_some() {} };
+        tokio::pin!(all_closed);
+        loop {
+            let message = tokio::select! {
+                message = ws_rx.next() => message,
+                () = &mut all_closed => break,
+            };
+            let Some(Ok(message)) = message else {
+                break;
+            };
+            let payload = match message {
+                Message::Binary(bytes) => bytes,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, data)) = payload.split_first() else {
+                continue;
+            };
+            let index = usize::from(channel / 2);
+            if channel % 2 == 0
+                && let Some(Some(writer)) = writers.get_mut(index)
+                && writer.write_all(data).await.is_err()
+            {
+                writers[index] = None;
+            }
         }
     }
+    // The client left first: stop reading from the pod.
+    readers.abort_all();
     drop(out_tx);
     drop(writers);
-    sender.abort();
+    // Flushes what the readers queued, then closes the WebSocket.
+    let _ = sender.await;
 }
 
 #[cfg(test)]
