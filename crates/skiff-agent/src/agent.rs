@@ -167,6 +167,7 @@ pub async fn run(
     )))?;
 
     let recorder = EventRecorder::new(client.clone(), "kubelet", &options.node_name);
+    let client_for_static_pods = client.clone();
     let volumes = VolumeManager::new(options.dir.join("pods"), Arc::new(LinuxMounter));
     let manager_config = PodManagerConfig {
         node_name: options.node_name.clone(),
@@ -203,10 +204,16 @@ pub async fn run(
         crate::streaming::router(locator, runtime),
         shutdown.child_token(),
     );
+    let static_pods = crate::static_pods::StaticPods::new(
+        client_for_static_pods,
+        options.node_name.clone(),
+        options.dir.join("pod-manifests"),
+    )
+    .run(shutdown.child_token());
     let pods = manager.run(shutdown.child_token());
     let rotator = LogRotator::new(runtime_for_logs, RotationPolicy::default());
     let rotation = rotator.run(LOG_ROTATION_PERIOD, shutdown.child_token());
-    let (served, (), (), node) = tokio::join!(server, pods, rotation, node_task);
+    let (served, (), (), (), node) = tokio::join!(server, pods, rotation, static_pods, node_task);
     shutdown.cancel();
     stop_containerd(containerd).await?;
     served?;

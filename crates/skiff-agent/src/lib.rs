@@ -21,5 +21,6 @@ pub mod objects;
 pub mod pods;
 pub mod probes;
 pub mod server;
+pub mod static_pods;
 pub mod streaming;
 pub mod volumes;

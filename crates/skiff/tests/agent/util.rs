@@ -24,9 +24,13 @@ pub fn apply(ns: &str, manifest: &str) {
     cluster().kubectl_stdin_ok(&["apply", "-n", ns, "-f", "-"], &manifest);
 }
 
-/// The pod as JSON.
+/// The pod as JSON, or `Null` while it does not exist.
 pub fn pod(ns: &str, name: &str) -> Value {
-    cluster().get_json(&["get", "pod", name, "-n", ns])
+    let out = cluster().kubectl(&["get", "pod", name, "-n", ns, "-o", "json"]);
+    if !out.status.success() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 /// Waits until `check` holds for the pod; panics with the pod's last state.
