@@ -25,6 +25,24 @@ print_paths() {
     echo "SKIFF_PYTHON=$venv/bin/python"
 }
 
+# A registry for the image-pull tests (Debian's distribution registry, run by
+# the tests on loopback, never as a service) and skopeo to push to it.
+test_packages=(docker-registry skopeo)
+missing=()
+for pkg in "${test_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]} > 0)); then
+    echo "install-test-tools.sh: installing ${missing[*]}" >&2
+    sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq >&2
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # The package starts a system registry on :5000; the tests run their own.
+    "${sudo[@]}" systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$bin/kubectl" && -x "$bin/helm" && -x "$venv/bin/python" ]]; then
     print_paths
     exit 0

@@ -7,6 +7,7 @@ mod util;
 
 mod failures;
 mod lifecycle;
+mod registry;
 mod static_pods;
 mod streaming;
 mod termination;

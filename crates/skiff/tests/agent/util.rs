@@ -93,3 +93,12 @@ pub fn event_reasons(ns: &str, name: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Waits until the test node is Ready (the agent has started containerd,
+/// imported its images and registered).
+pub fn wait_node_ready() {
+    eventually("the node Ready", START_TIMEOUT, || {
+        let out = cluster().kubectl(&["get", "node", skiff_testing::NODE_NAME]);
+        String::from_utf8_lossy(&out.stdout).contains(" Ready ")
+    });
+}
