@@ -918,6 +918,11 @@ impl Shared {
         pod_uid: &str,
         runtime: &PodRuntime,
     ) -> Result<(), SyncError> {
+        // Forget liveness failures of the pod's containers: they are gone.
+        self.unhealthy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id| !runtime.containers.iter().any(|c| &c.id == id));
         for sandbox in &runtime.sandboxes {
             self.runtime
                 .remove_pod_sandbox(RemovePodSandboxRequest {
