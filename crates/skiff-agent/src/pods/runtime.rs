@@ -18,6 +18,10 @@ use skiff_cri::v1::{
 };
 use skiff_cri::{CriError, RuntimeService};
 
+/// How long after an exit a container's status is re-read rather than
+/// cached (see [`ContainerRecord::state_may_change`]).
+const EXIT_SETTLE_NANOS: i64 = 30_000_000_000;
+
 /// Label on sandboxes and containers naming the pod's uid.
 pub const POD_UID_LABEL: &str = "io.kubernetes.pod.uid";
 
@@ -313,11 +317,23 @@ impl RuntimeView {
 }
 
 impl ContainerRecord {
-    /// A running container's record can change without its listed state
-    /// changing only in ways that do not matter here; a created one may
-    /// start at any moment, so it is re-read.
+    /// Whether a cached record may be stale although the listed state is
+    /// the same: a created container may start at any moment, and a
+    /// container that just exited may still get its OOM verdict (containerd
+    /// handles the OOM event and the exit event separately, in either
+    /// order, and updates the reason to `OOMKilled` when the OOM event comes
+    /// second). A running container changes only in ways that do not matter.
     fn state_may_change(&self) -> bool {
-        self.state == ContainerState::ContainerCreated
+        match self.state {
+            ContainerState::ContainerCreated => true,
+            ContainerState::ContainerExited => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                now.saturating_sub(self.finished_at) < EXIT_SETTLE_NANOS
+            }
+            _ => false,
+        }
     }
 }
 

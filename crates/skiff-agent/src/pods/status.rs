@@ -423,7 +423,12 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
             .cloned(),
     );
 
-    let pod_ip = input.runtime.ready_sandbox().and_then(|s| s.ip);
+    // A stopped pod keeps the IP it had, as upstream reports it.
+    let pod_ip = input
+        .runtime
+        .ready_sandbox()
+        .and_then(|s| s.ip)
+        .or_else(|| old.pod_ip.as_deref().and_then(|ip| ip.parse().ok()));
     let host_ip = input.host_ips.first().map(ToString::to_string);
     PodStatus {
         phase: Some(phase.as_str().to_string()),

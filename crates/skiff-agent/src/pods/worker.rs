@@ -158,11 +158,13 @@ impl Shared {
         }
         let current_phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(current_phase, Some("Succeeded" | "Failed")) {
-            // Terminal pods run nothing; keep their status as it was.
+            // Terminal pods run nothing. Their status is still reported: a
+            // container's exit reason can settle after the exit (OOMKilled).
             if runtime.any_running() {
                 self.kill_pod(Some(pod), &runtime, grace_seconds(pod))
                     .await?;
             }
+            self.report(pod, memory, true).await?;
             return Ok(Next::After(RESYNC));
         }
         let deadline_left = active_deadline_left(pod, jiff::Timestamp::now());

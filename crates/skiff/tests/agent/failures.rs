@@ -125,9 +125,17 @@ spec:
       limits: {memory: 16Mi}
 "#,
     );
-    let pod = wait_pod(ns.name(), "hog", "phase Failed", |p| {
-        p["status"]["phase"] == "Failed"
-    });
+    // containerd delivers the OOM and exit events separately; the reason
+    // settles to OOMKilled once both are in.
+    let pod = wait_pod(
+        ns.name(),
+        "hog",
+        "phase Failed with reason OOMKilled",
+        |p| {
+            p["status"]["phase"] == "Failed"
+                && container_status(p, "main")["state"]["terminated"]["reason"] == "OOMKilled"
+        },
+    );
     let terminated = &container_status(&pod, "main")["state"]["terminated"];
     assert_eq!(terminated["reason"], "OOMKilled", "{terminated}");
     assert_eq!(terminated["exitCode"], 137);
