@@ -11,11 +11,14 @@
 //!   bearer token (how `skiff agent --server --token` joins);
 //! - [`events`]: a recorder of core/v1 Events that aggregates repeats the way
 //!   upstream's event correlator does, so `kubectl describe` shows `x5` rather
-//!   than five rows.
+//!   than five rows;
+//! - [`tls`]: the TLS client for servers that cannot be verified (HTTPS
+//!   probes, fetching the CA when joining).
 #![warn(missing_docs)]
 
 pub mod connect;
 pub mod events;
+pub mod tls;
 
 pub use kube;
 pub use kube::Client;

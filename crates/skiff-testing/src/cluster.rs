@@ -470,7 +470,7 @@ fn client_config(tls_dir: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
 
 /// A port that was free a moment ago: bind port 0 and release it. Another
 /// process may take it before the server binds; `launch` retries then.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -37,12 +37,7 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
     };
     pki::write_file_atomic(&data_dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
 
-    let node_name = match &args.agent.node_name {
-        Some(name) => name.clone(),
-        None => pki::hostname()
-            .context("cannot read the host name; pass --node-name")?
-            .to_lowercase(),
-    };
+    let node_name = crate::server::node_name(&args.agent)?;
     let node_ip = match args.agent.node_ip {
         Some(ip) => ip,
         None => default_node_ip()?,

@@ -5,7 +5,7 @@
 //! token>`, to `DATA_DIR/node-token`. A joining agent:
 //!
 //! 1. fetches the CA from the unauthenticated `/cacerts` (over TLS it cannot
-//!    verify yet) and accepts it only if its hash matches the token, so a
+//!    verify yet, `skiff_client::tls`) and accepts it only if its hash matches the token, so a
 //!    man in the middle cannot substitute another CA;
 //! 2. talks to the API with the bootstrap token as its bearer credential;
 //! 3. asks `POST /v1-skiff/serving-kubelet` (authenticated) for a serving
@@ -160,14 +160,7 @@ pub fn fetch_ca(server: &str, expected_hash: &str) -> anyhow::Result<String> {
         .with_context(|| format!("resolving {authority}"))?
         .next()
         .with_context(|| format!("{authority} has no address"))?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS setup")?
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(unverified::AcceptAny))
-    .with_no_client_auth();
+    let config = skiff_client::tls::unverified_client_config().context("TLS setup")?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .with_context(|| format!("{host} is not a valid server name"))?;
     let mut connection =
@@ -228,54 +221,6 @@ fn dechunk(mut body: &str) -> anyhow::Result<String> {
         let chunk = rest.get(..size).context("short chunk")?;
         out.push_str(chunk);
         body = rest.get(size + 2..).context("short chunk")?;
-    }
-}
-
-/// The one place the agent talks TLS without verifying the server: fetching
-/// the CA, whose hash it then checks against the token.
-mod unverified {
-    use rustls::DigitallySignedStruct;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-
-    #[derive(Debug)]
-    pub struct AcceptAny;
-
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            _message: &[u8],
-            _cert: &CertificateDer<'_>,
-            _dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            _message: &[u8],
-            _cert: &CertificateDer<'_>,
-            _dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            Ok(HandshakeSignatureValid::assertion())
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            rustls::crypto::ring::default_provider()
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
     }
 }
 

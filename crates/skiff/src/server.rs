@@ -201,12 +201,7 @@ impl Components<'_> {
 
     fn agent_options(&self) -> anyhow::Result<skiff_agent::agent::AgentOptions> {
         let agent = &self.args.agent;
-        let node_name = match &agent.node_name {
-            Some(name) => name.clone(),
-            None => pki::hostname()
-                .context("cannot read the host name; pass --node-name")?
-                .to_lowercase(),
-        };
+        let node_name = node_name(agent)?;
         Ok(skiff_agent::agent::AgentOptions {
             dir: self.data_dir.join("agent"),
             node_name,
@@ -224,6 +219,17 @@ impl Components<'_> {
             cluster_dns: None,
             bridge: agent.bridge.clone(),
         })
+    }
+}
+
+/// `--node-name`, else the host name in lower case (as upstream's kubelet
+/// names its node).
+pub(crate) fn node_name(agent: &crate::cli::AgentArgs) -> anyhow::Result<String> {
+    match &agent.node_name {
+        Some(name) => Ok(name.clone()),
+        None => pki::hostname()
+            .map(|host| host.to_lowercase())
+            .context("cannot read the host name; pass --node-name"),
     }
 }
 

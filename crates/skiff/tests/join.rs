@@ -2,11 +2,10 @@
 //! join token: the node registers and its pods run and answer `kubectl logs`
 //! through the API server (which checks the agent's CA-signed certificate).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use skiff_testing::{TestCluster, eventually};
+use skiff_testing::{TestCluster, eventually, free_port};
 
 /// A `skiff agent` process; on drop it is stopped and its pods removed.
 struct JoinedAgent {
@@ -25,13 +24,6 @@ impl Drop for JoinedAgent {
             .arg(self.dir.path())
             .status();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[test]

@@ -465,6 +465,8 @@ fn object_error(kind: &'static str, namespace: &str, name: &str, e: &kube::Error
     }
 }
 
+/// Locks a mutex, recovering from poisoning: every critical section here
+/// leaves its map consistent, so a panic elsewhere cannot corrupt it.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::lock;
+
 use skiff_cri::v1::{
     ContainerFilter, ContainerState, ContainerStatusRequest, ListContainersRequest,
     ListPodSandboxRequest, PodSandboxFilter, PodSandboxState, PodSandboxStatusRequest,
@@ -425,12 +427,6 @@ fn netns_path(info: &str) -> Option<PathBuf> {
         .and_then(|ns| ns["path"].as_str())
         .filter(|path| !path.is_empty())
         .map(PathBuf::from)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -434,9 +434,7 @@ impl Shared {
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, super::backoff::Backoff> {
-        self.backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.backoff)
     }
 
     /// Pulls (per policy), creates and starts one container instance. A
@@ -705,9 +703,7 @@ impl Shared {
     }
 
     fn pull_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, SystemTime>> {
-        self.pull_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.pull_failures)
     }
 
     async fn pull_secrets(&self, pod: &Pod) -> Vec<Arc<Secret>> {
@@ -921,10 +917,7 @@ impl Shared {
         runtime: &PodRuntime,
     ) -> Result<(), SyncError> {
         // Forget liveness failures of the pod's containers: they are gone.
-        self.unhealthy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|id| !runtime.containers.iter().any(|c| &c.id == id));
+        super::lock(&self.unhealthy).retain(|id| !runtime.containers.iter().any(|c| &c.id == id));
         for sandbox in &runtime.sandboxes {
             self.runtime
                 .remove_pod_sandbox(RemovePodSandboxRequest {

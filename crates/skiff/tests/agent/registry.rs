@@ -2,7 +2,6 @@
 //! loopback over plain HTTP, holding the busybox image pushed with skopeo.
 //! imagePullPolicy decides whether the node pulls.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -28,10 +27,7 @@ impl Drop for Registry {
 
 fn start_registry() -> Registry {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = skiff_testing::free_port();
     let config = dir.path().join("config.yml");
     std::fs::write(
         &config,
