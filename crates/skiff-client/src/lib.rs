@@ -12,12 +12,15 @@
 //! - [`events`]: a recorder of core/v1 Events that aggregates repeats the way
 //!   upstream's event correlator does, so `kubectl describe` shows `x5` rather
 //!   than five rows;
+//! - [`leader`]: leader election on a Lease, so that several servers can
+//!   run the scheduler and controllers with one of each working;
 //! - [`tls`]: the TLS client for servers that cannot be verified (HTTPS
 //!   probes, fetching the CA when joining).
 #![warn(missing_docs)]
 
 pub mod connect;
 pub mod events;
+pub mod leader;
 pub mod tls;
 
 pub use kube;

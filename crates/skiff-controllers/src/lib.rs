@@ -6,30 +6,45 @@
 //!
 //! # How a controller is laid out
 //!
-//! Each controller is one module, named after upstream's (`node_ipam`, and
-//! later `replicaset`, `deployment`, ...), with the same shape:
+//! Each controller is one module, named after upstream's (`replicaset`,
+//! `deployment`, ...), with the same shape:
 //!
 //! - a `…Config` struct with upstream's defaults in `Default`;
-//! - a pure reconciler that folds watch events (or cached objects) into its
-//!   state and returns the writes it wants, with no IO, so its decisions are
-//!   unit tested without a server;
-//! - a `…Controller` that owns the watch (kube-runtime's watcher with
-//!   client-go's default backoff), performs the writes, records events, and
-//!   retries; and a module-level `run(client, config, shutdown)` that the
-//!   binary spawns with a child of its root `CancellationToken`.
+//! - a pure `plan` that takes the object, what the caches show and the time,
+//!   and returns the writes it wants, with no IO, so its decisions are unit
+//!   tested without a server;
+//! - a `start(factory, client, config, shutdown)` that registers the shared
+//!   informers it reads and returns the future that runs it: kube-runtime's
+//!   `Controller` (a deduplicating work queue, never one key twice at once)
+//!   through [`runtime::run_controller`], which performs the writes, records
+//!   events and retries failures with exponential backoff.
+//!
+//! All controllers read one set of caches ([`informer`]): one watch per
+//! resource type for the whole manager, with indexes by namespace and by
+//! controller owner. Pods they create are named by the controller itself and
+//! tracked by [`expectations`] until the cache shows them, so a reconcile
+//! that runs before the cache catches up never creates twice.
 //!
 //! Controllers are level-triggered: they compare what the API shows with what
 //! should be and act on the difference, so a missed event or a restart costs
-//! at most a relist, never a wrong state. Controllers that reconcile objects
-//! one at a time (ReplicaSet, Deployment, ...) fit kube-runtime's
-//! `Controller`: a reflector cache, a deduplicating work queue and
-//! rate-limited requeues, with the reconcile function as the pure part. Node
-//! IPAM instead needs a complete view of all Nodes before it may allocate
-//! anything, so it folds the watch events itself.
+//! at most a relist, never a wrong state. Node IPAM is the exception to the
+//! shape above: it needs a complete view of all Nodes before it may allocate
+//! anything, so it folds its own watch events.
+//!
+//! [`manager::run`] runs them all; the binary runs it under leader election
+//! (`skiff_client::leader`), so only one server's controllers work at a time.
 //!
 //! # Controllers
 //!
 //! - [`node_ipam`]: gives each Node a pod CIDR from the cluster CIDR.
+//! - [`replicaset`]: keeps a ReplicaSet's pods at `spec.replicas`.
+//!   through ControllerRevisions.
 #![warn(missing_docs)]
 
+pub mod expectations;
+pub mod informer;
+pub mod manager;
 pub mod node_ipam;
+pub mod pods;
+pub mod replicaset;
+pub mod runtime;

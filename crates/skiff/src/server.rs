@@ -18,6 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use skiff_client::leader::LeaderElectionConfig;
+use skiff_controllers::manager::ControllerManagerConfig;
+use skiff_controllers::node_ipam::NodeIpamConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServerArgs;
@@ -168,18 +171,36 @@ impl Components<'_> {
             .cluster_cidr
             .parse()
             .map_err(|e| anyhow::anyhow!("--cluster-cidr {}: {e}", self.args.cluster_cidr))?;
-        let ipam = skiff_controllers::node_ipam::run(
+        let identity = leader_identity();
+        let controllers = skiff_client::leader::run_as_leader(
             client.clone(),
-            skiff_controllers::node_ipam::NodeIpamConfig {
-                cluster_cidr,
-                ..Default::default()
+            LeaderElectionConfig::new("kube-controller-manager", &identity),
+            shutdown.child_token(),
+            |token| {
+                skiff_controllers::manager::run(
+                    client.clone(),
+                    ControllerManagerConfig {
+                        node_ipam: NodeIpamConfig {
+                            cluster_cidr,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    token,
+                )
             },
-            shutdown.child_token(),
         );
-        let scheduler = skiff_scheduler::run(
+        let scheduler = skiff_client::leader::run_as_leader(
             client.clone(),
-            skiff_scheduler::SchedulerConfig::default(),
+            LeaderElectionConfig::new("kube-scheduler", &identity),
             shutdown.child_token(),
+            |token| {
+                skiff_scheduler::run(
+                    client.clone(),
+                    skiff_scheduler::SchedulerConfig::default(),
+                    token,
+                )
+            },
         );
         let agent = async {
             if self.args.disable_agent {
@@ -192,8 +213,8 @@ impl Components<'_> {
         };
         // The first failure ends the others (and `run` stops the server).
         tokio::try_join!(
-            async { ipam.await.context("node IPAM controller") },
-            async { scheduler.await.context("scheduler") },
+            async { controllers.await?.transpose().context("controller manager") },
+            async { scheduler.await?.transpose().context("scheduler") },
             agent,
         )?;
         Ok(())
@@ -224,6 +245,16 @@ impl Components<'_> {
 
 /// `--node-name`, else the host name in lower case (as upstream's kubelet
 /// names its node).
+/// Who this server is in leader elections: its host name and a random
+/// suffix, so a restarted server is a new candidate (as upstream's
+/// `hostname_uuid`).
+fn leader_identity() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let host = pki::hostname().unwrap_or_else(|| "skiff".into());
+    let suffix = RandomState::new().hash_one(std::process::id());
+    format!("{host}_{suffix:016x}")
+}
+
 pub(crate) fn node_name(agent: &crate::cli::AgentArgs) -> anyhow::Result<String> {
     match &agent.node_name {
         Some(name) => Ok(name.clone()),

@@ -12,3 +12,4 @@ mod static_pods;
 mod streaming;
 mod termination;
 mod volumes;
+mod workloads;

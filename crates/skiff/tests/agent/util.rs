@@ -16,9 +16,9 @@ pub fn cluster() -> &'static TestCluster {
     skiff_testing::shared_with_agent(env!("CARGO_BIN_EXE_skiff"))
 }
 
-/// Applies a manifest in namespace `ns`. Pods in it should set
-/// `nodeName: NODE` (replaced here by the test node's name): there is no
-/// scheduler yet.
+/// Applies a manifest in namespace `ns`. Pods in it may set
+/// `nodeName: NODE` (replaced here by the test node's name) to skip the
+/// scheduler; `IMAGE` becomes the local busybox image.
 pub fn apply(ns: &str, manifest: &str) {
     let manifest = manifest.replace("NODE", NODE_NAME).replace("IMAGE", IMAGE);
     cluster().kubectl_stdin_ok(&["apply", "-n", ns, "-f", "-"], &manifest);
