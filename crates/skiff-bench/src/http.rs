@@ -163,6 +163,11 @@ impl Connector {
         })
     }
 
+    /// The server's URL, e.g. `https://127.0.0.1:6443`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.authority)
+    }
+
     /// Open one HTTP/2 connection. The connection lives as long as any clone
     /// of the returned [`Conn`].
     pub async fn connect(&self) -> anyhow::Result<Conn> {

@@ -8,6 +8,9 @@
 //! - `rss`: the server's resident memory after idling on an empty store.
 //! - `pods`: pod startup latency through the node agent against the bare CRI
 //!   floor, and the agent's idle memory (needs root: it runs containerd).
+//! - `scheduling`: scheduler throughput, server memory and a large
+//!   Deployment on simulated ("hollow") nodes, as upstream's kubemark and
+//!   scheduler_perf measure them.
 //! - `etcd` (feature `etcd`): durable writes of the embedded store against a
 //!   real etcd on the same disk.
 //!
@@ -20,6 +23,7 @@ mod http;
 mod pod;
 mod pods_startup;
 mod run;
+mod scheduling;
 mod server;
 mod stats;
 mod sys;
@@ -52,6 +56,9 @@ enum Command {
     /// Pod startup through the node agent against the bare CRI floor, and the
     /// agent's idle memory. Needs root: it runs containerd and pods.
     Pods(PodsArgs),
+    /// Scheduler throughput, server memory and a large Deployment on hollow
+    /// (simulated) nodes.
+    Scheduling(SchedulingArgs),
     /// Durable writes: the embedded store against etcd on the same disk.
     #[cfg(feature = "etcd")]
     Etcd(EtcdArgs),
@@ -127,6 +134,30 @@ struct PodsArgs {
     idle_secs: u64,
 }
 
+#[derive(Debug, Args)]
+struct SchedulingArgs {
+    #[command(flatten)]
+    binary: SkiffBinary,
+    /// NODES:PODS scales to measure, each on a fresh server.
+    #[arg(long = "scale", value_name = "NODES:PODS", value_parser = parse_scale,
+          default_values = ["1000:10000", "5000:30000"])]
+    scales: Vec<(usize, usize)>,
+    /// Concurrent clients creating pods.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Replicas of the Deployment timed after the pods (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    replicas: usize,
+}
+
+fn parse_scale(value: &str) -> Result<(usize, usize), String> {
+    let (nodes, pods) = value
+        .split_once(':')
+        .ok_or_else(|| format!("{value:?} is not NODES:PODS"))?;
+    let number = |s: &str| s.parse::<usize>().map_err(|e| format!("{s:?}: {e}"));
+    Ok((number(nodes)?, number(pods)?))
+}
+
 #[cfg(feature = "etcd")]
 #[derive(Debug, Args)]
 struct EtcdArgs {
@@ -197,6 +228,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             pods_startup::run(&settings).await
         }
+        Command::Scheduling(args) => {
+            let settings = scheduling::Settings {
+                skiff: args.binary.path(),
+                dir,
+                scales: args.scales,
+                clients: args.clients,
+                replicas: args.replicas,
+            };
+            scheduling::run(&settings).await
+        }
         #[cfg(feature = "etcd")]
         Command::Etcd(args) => {
             let settings = etcd::Settings {
@@ -235,6 +276,13 @@ mod tests {
             skiff: Some("/bin/skiff".into()),
         };
         assert_eq!(explicit.path(), PathBuf::from("/bin/skiff"));
+
+        let cli = Cli::try_parse_from(["skiff-bench", "scheduling", "--scale", "10:200"]).unwrap();
+        let Command::Scheduling(args) = cli.command else {
+            panic!("not scheduling");
+        };
+        assert_eq!(args.scales, [(10, 200)]);
+        assert!(parse_scale("10").is_err());
 
         let cli = Cli::try_parse_from(["skiff-bench", "pods", "--pods", "5"]).unwrap();
         let Command::Pods(args) = cli.command else {

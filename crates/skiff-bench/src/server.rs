@@ -30,6 +30,15 @@ impl SkiffServer {
     /// Start `binary` with a new data directory under `base` and wait until it
     /// is ready.
     pub async fn start(binary: &Path, base: &Path) -> anyhow::Result<SkiffServer> {
+        SkiffServer::start_with_args(binary, base, &[]).await
+    }
+
+    /// [`start`](Self::start) with more `skiff server` flags.
+    pub async fn start_with_args(
+        binary: &Path,
+        base: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<SkiffServer> {
         if !binary.is_file() {
             bail!(
                 "no skiff binary at {} (build it with `cargo build --release -p skiff`, or pass --skiff)",
@@ -38,7 +47,7 @@ impl SkiffServer {
         }
         let mut attempt = 1;
         loop {
-            match SkiffServer::launch(binary, base).await {
+            match SkiffServer::launch(binary, base, extra_args).await {
                 Ok(server) => return Ok(server),
                 // Another process may take the free port before the server
                 // binds it: then the server exits, and a new port is tried.
@@ -51,7 +60,11 @@ impl SkiffServer {
         }
     }
 
-    async fn launch(binary: &Path, base: &Path) -> Result<SkiffServer, Launch> {
+    async fn launch(
+        binary: &Path,
+        base: &Path,
+        extra_args: &[&str],
+    ) -> Result<SkiffServer, Launch> {
         let data_dir = tempfile::Builder::new()
             .prefix("skiff-bench-")
             .tempdir_in(base)
@@ -66,6 +79,7 @@ impl SkiffServer {
             .arg(data_dir.path())
             .args(["--bind-address", "127.0.0.1", "--https-port"])
             .arg(port.to_string())
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("opening the server log")?)
             .stderr(log)
@@ -89,6 +103,11 @@ impl SkiffServer {
     /// A connector for the admin user.
     pub fn connector(&self) -> &Connector {
         &self.connector
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
     }
 
     /// The last lines of the server's log, for error messages.

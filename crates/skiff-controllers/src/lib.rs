@@ -36,11 +36,13 @@
 //!
 //! # Controllers
 //!
+//! - [`daemonset`]: one pod on every eligible node, rolled through
+//!   ControllerRevisions.
 //! - [`node_ipam`]: gives each Node a pod CIDR from the cluster CIDR.
 //! - [`replicaset`]: keeps a ReplicaSet's pods at `spec.replicas`.
-//!   through ControllerRevisions.
 #![warn(missing_docs)]
 
+pub mod daemonset;
 pub mod expectations;
 pub mod informer;
 pub mod manager;

@@ -1,9 +1,11 @@
 //! The controller manager: every controller of this crate over one set of
 //! shared informers, as `kube-controller-manager` runs them.
 
+use futures::FutureExt;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::daemonset::{self, DaemonSetConfig};
 use crate::informer::InformerFactory;
 use crate::node_ipam::{self, NodeIpamConfig, NodeIpamError};
 use crate::replicaset::{self, ReplicaSetConfig};
@@ -15,6 +17,8 @@ pub struct ControllerManagerConfig {
     pub node_ipam: NodeIpamConfig,
     /// ReplicaSets.
     pub replicaset: ReplicaSetConfig,
+    /// DaemonSets.
+    pub daemonset: DaemonSetConfig,
 }
 
 /// Why the controller manager stopped.
@@ -33,12 +37,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ControllerManagerError> {
     let mut factory = InformerFactory::new(client.clone());
-    let controllers = [futures::future::FutureExt::boxed(replicaset::start(
-        &mut factory,
-        client.clone(),
-        config.replicaset,
-        shutdown.child_token(),
-    ))];
+    let controllers = [
+        replicaset::start(
+            &mut factory,
+            client.clone(),
+            config.replicaset,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        daemonset::start(
+            &mut factory,
+            client.clone(),
+            config.daemonset,
+            shutdown.child_token(),
+        )
+        .boxed(),
+    ];
     let informers = factory.run(shutdown.child_token());
     let ipam = node_ipam::run(client, config.node_ipam, shutdown.child_token());
     let controllers = async {

@@ -157,3 +157,54 @@ spec:
     let all = pods(ns.name(), "adopt");
     assert_eq!(all.len(), 1, "{all:?}");
 }
+
+fn rollout_status(ns: &str, what: &str) -> String {
+    cluster().kubectl_ok(&["rollout", "status", what, "-n", ns, "--timeout=120s"])
+}
+
+#[test]
+fn daemonset_runs_one_pod_on_every_node_and_rolls() {
+    wait_node_ready();
+    let c = cluster();
+    let ns = c.namespace("ds");
+    let n = ns.name();
+    let manifest = |value: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: main
+        image: {IMAGE}
+        command: {SLEEPER}
+        env: [{{name: VERSION, value: "{value}"}}]
+"#
+        )
+    };
+    c.kubectl_stdin_ok(&["apply", "-n", n, "-f", "-"], &manifest("1"));
+    let out = rollout_status(n, "daemonset/agent");
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let nodes = c.get_json(&["get", "nodes"])["items"].as_array().map_or(0, Vec::len);
+    let first = wait_running_count(n, "agent", nodes);
+    let ds = c.get_json(&["get", "ds", "agent", "-n", n]);
+    assert_eq!(ds["status"]["desiredNumberScheduled"], nodes, "{}", ds["status"]);
+    assert_eq!(ds["status"]["numberReady"], nodes);
+    assert_eq!(first[0]["spec"]["nodeName"], skiff_testing::NODE_NAME);
+
+    c.kubectl_stdin_ok(&["apply", "-n", n, "-f", "-"], &manifest("2"));
+    rollout_status(n, "daemonset/agent");
+    let rolled = wait_running_count(n, "agent", nodes);
+    assert_ne!(
+        rolled[0]["metadata"]["name"], first[0]["metadata"]["name"],
+        "the template change replaced the pod"
+    );
+    let revisions = c.get_json(&["get", "controllerrevisions", "-n", n]);
+    assert_eq!(revisions["items"].as_array().map_or(0, Vec::len), 2, "{revisions}");
+}
