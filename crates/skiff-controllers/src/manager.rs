@@ -6,19 +6,40 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemonset::{self, DaemonSetConfig};
+use crate::deployment::{self, DeploymentConfig};
+use crate::endpoints::{self, EndpointsConfig};
+use crate::endpointslice::{self, EndpointSliceConfig};
 use crate::informer::InformerFactory;
 use crate::node_ipam::{self, NodeIpamConfig, NodeIpamError};
+use crate::node_lifecycle::{self, NodeLifecycleConfig};
 use crate::replicaset::{self, ReplicaSetConfig};
+use crate::serviceaccount::{self, RootCaConfig, ServiceAccountConfig};
+use crate::statefulset::{self, StatefulSetConfig};
 
 /// Every controller's configuration.
 #[derive(Debug, Clone, Default)]
 pub struct ControllerManagerConfig {
     /// Node IPAM (`--cluster-cidr`).
     pub node_ipam: NodeIpamConfig,
+    /// Node health, taints and taint-based eviction.
+    pub node_lifecycle: NodeLifecycleConfig,
     /// ReplicaSets.
     pub replicaset: ReplicaSetConfig,
     /// DaemonSets.
     pub daemonset: DaemonSetConfig,
+    /// Deployments.
+    pub deployment: DeploymentConfig,
+    /// StatefulSets.
+    pub statefulset: StatefulSetConfig,
+    /// EndpointSlices of Services.
+    pub endpointslice: EndpointSliceConfig,
+    /// Legacy Endpoints of Services.
+    pub endpoints: EndpointsConfig,
+    /// ServiceAccounts every namespace gets.
+    pub serviceaccount: ServiceAccountConfig,
+    /// The cluster CA published as `kube-root-ca.crt` in every namespace;
+    /// `None` publishes nothing.
+    pub root_ca: Option<RootCaConfig>,
 }
 
 /// Why the controller manager stopped.
@@ -37,7 +58,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ControllerManagerError> {
     let mut factory = InformerFactory::new(client.clone());
-    let controllers = [
+    let mut controllers = vec![
+        node_lifecycle::start(
+            &mut factory,
+            client.clone(),
+            config.node_lifecycle,
+            shutdown.child_token(),
+        )
+        .boxed(),
         replicaset::start(
             &mut factory,
             client.clone(),
@@ -52,7 +80,53 @@ pub async fn run(
             shutdown.child_token(),
         )
         .boxed(),
+        deployment::start(
+            &mut factory,
+            client.clone(),
+            config.deployment,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        statefulset::start(
+            &mut factory,
+            client.clone(),
+            config.statefulset,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        endpointslice::start(
+            &mut factory,
+            client.clone(),
+            config.endpointslice,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        endpoints::start(
+            &mut factory,
+            client.clone(),
+            config.endpoints,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        serviceaccount::start(
+            &mut factory,
+            client.clone(),
+            config.serviceaccount,
+            shutdown.child_token(),
+        )
+        .boxed(),
     ];
+    if let Some(root_ca) = config.root_ca {
+        controllers.push(
+            serviceaccount::start_root_ca_publisher(
+                &mut factory,
+                client.clone(),
+                root_ca,
+                shutdown.child_token(),
+            )
+            .boxed(),
+        );
+    }
     let informers = factory.run(shutdown.child_token());
     let ipam = node_ipam::run(client, config.node_ipam, shutdown.child_token());
     let controllers = async {

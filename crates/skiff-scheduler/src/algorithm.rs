@@ -1,11 +1,19 @@
 //! One scheduling decision: filter the nodes, score the feasible ones, pick
-//! one; or explain, in upstream's words, why none fits.
+//! one; or, when none fits, try preemption, and explain in upstream's words
+//! why the pod has to wait.
+//!
+//! A pod nominated to a node (by an earlier preemption) tries that node
+//! first. Pods nominated to a node with at least the incoming pod's priority
+//! are counted on it as if placed: the room preemption made for them is not
+//! given away. As upstream, a node must pass the filters both with and
+//! without them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::filters::{Rejection, run_filters};
+use crate::filters::{FilterResult, PreFilterState, Rejection, run_filters};
+use crate::preemption::{self, Candidate, PostFilter};
 use crate::score::{score_nodes, select_host};
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
 
@@ -13,14 +21,6 @@ use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
 const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
 /// The adaptive percentage never drops below this.
 const MIN_FEASIBLE_NODES_PERCENTAGE: usize = 5;
-
-/// The postfilter reason for a node where evicting pods cannot help.
-pub const PREEMPTION_NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
-/// The postfilter reason for a node with no lower-priority pod to evict.
-pub const NO_PREEMPTION_VICTIMS: &str = "No preemption victims found for incoming pod";
-/// The postfilter reason for a node where evicting lower-priority pods would
-/// make room. Skiff does not preempt yet, so it says so instead of acting.
-pub const PREEMPTION_UNSUPPORTED: &str = "Preemption is not supported by this scheduler yet";
 
 /// How many feasible nodes to find before scoring, given
 /// `percentageOfNodesToScore` (0 = upstream's adaptive default: 50% minus one
@@ -61,15 +61,28 @@ pub enum FitError {
         /// Each reason with the number of nodes that gave it.
         reasons: BTreeMap<String, usize>,
         /// The preemption part of the message (without the `preemption: `
-        /// prefix).
+        /// prefix); empty when preemption made room.
         postfilter: String,
     },
+}
+
+/// Counts each reason once per node that gave it.
+pub(crate) fn count_reasons<'a>(
+    rejections: impl IntoIterator<Item = &'a Rejection>,
+) -> BTreeMap<String, usize> {
+    let mut reasons = BTreeMap::new();
+    for rejection in rejections {
+        for reason in &rejection.reasons {
+            *reasons.entry(reason.clone()).or_insert(0) += 1;
+        }
+    }
+    reasons
 }
 
 /// `0/N nodes are available: 2 Insufficient cpu, 1 X.`: a histogram of
 /// reasons, each `count reason`, sorted as strings (so `10 …` sorts before
 /// `2 …`, exactly as upstream's `sort.Strings`).
-fn histogram_message(num_all_nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
+pub(crate) fn histogram_message(num_all_nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
     let mut parts: Vec<String> = reasons
         .iter()
         .map(|(reason, count)| format!("{count} {reason}"))
@@ -101,7 +114,75 @@ impl fmt::Display for FitError {
     }
 }
 
-/// Filters, scores and picks a node for `pod`.
+/// Why no node fits: every node's rejection, and the filters' precomputed
+/// state, which preemption reuses.
+#[derive(Debug, Clone)]
+pub struct Diagnosis {
+    /// Nodes in the cluster.
+    pub num_all_nodes: usize,
+    /// Each node (by name) and why it refused the pod, in the order tried.
+    pub rejections: Vec<(String, Rejection)>,
+    /// What the filters computed for the pod.
+    pub state: PreFilterState,
+}
+
+impl Diagnosis {
+    /// The failure message, with `postfilter` as its preemption part.
+    pub fn fit_error(&self, postfilter: String) -> FitError {
+        if self.num_all_nodes == 0 {
+            return FitError::NoNodes;
+        }
+        FitError::Unschedulable {
+            num_all_nodes: self.num_all_nodes,
+            reasons: count_reasons(self.rejections.iter().map(|(_, r)| r)),
+            postfilter,
+        }
+    }
+
+    /// The rejection of the node called `name`, if it was tried.
+    pub fn rejection(&self, name: &str) -> Option<&Rejection> {
+        self.rejections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r)
+    }
+}
+
+/// Runs the filters on `node`, counting the pods nominated to it with at
+/// least `pod`'s priority as placed there (then, if it passes, without them
+/// too, as either may be what happens).
+pub fn filter_with_nominated(
+    snapshot: &Snapshot,
+    pod: &PodInfo,
+    node: &NodeInfo,
+    state: &mut PreFilterState,
+) -> FilterResult {
+    let nominated: Vec<Arc<PodInfo>> = if snapshot.has_nominations() {
+        snapshot
+            .nominated_pods(node.name())
+            .filter(|p| p.key != pod.key && p.priority >= pod.priority)
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let Some(node_object) = node.node.as_deref().filter(|_| !nominated.is_empty()) else {
+        return run_filters(pod, node, state);
+    };
+    let mut with = node.clone();
+    for p in &nominated {
+        with.add_pod(p.clone());
+        state.add_pod(pod, p, node_object);
+    }
+    let result = run_filters(pod, &with, state);
+    for p in &nominated {
+        state.remove_pod(pod, p, node_object);
+    }
+    result?;
+    run_filters(pod, node, state)
+}
+
+/// Filters, scores and picks a node for `pod`, or says why none fits.
 ///
 /// `start` rotates where the search begins (taken modulo the node count);
 /// `tie_breaker` picks among equally scored nodes.
@@ -111,44 +192,53 @@ pub fn schedule(
     percentage_of_nodes_to_score: u32,
     start: usize,
     tie_breaker: u64,
-) -> Result<Placement, FitError> {
+) -> Result<Placement, Diagnosis> {
     let nodes: Vec<&NodeInfo> = snapshot.nodes().collect();
+    let mut state = PreFilterState::new(snapshot, pod);
     if nodes.is_empty() {
-        return Err(FitError::NoNodes);
+        return Err(Diagnosis {
+            num_all_nodes: 0,
+            rejections: Vec::new(),
+            state,
+        });
+    }
+    // The node preemption made room on is most likely the one that fits.
+    if let Some(nominated) = snapshot.nomination(&pod.key)
+        && let Some(node) = snapshot.node(nominated).filter(|n| n.node.is_some())
+        && filter_with_nominated(snapshot, pod, node, &mut state).is_ok()
+    {
+        return Ok(Placement {
+            node: nominated.to_string(),
+            evaluated: 0,
+        });
     }
     let want = num_feasible_nodes_to_find(percentage_of_nodes_to_score, nodes.len());
     let mut feasible: Vec<&NodeInfo> = Vec::new();
-    let mut rejected: Vec<(&NodeInfo, Rejection)> = Vec::new();
+    let mut rejections: Vec<(String, Rejection)> = Vec::new();
     let mut evaluated = 0;
     for i in 0..nodes.len() {
         let node = nodes[(start + i) % nodes.len()];
         evaluated += 1;
-        match run_filters(pod, node) {
+        match filter_with_nominated(snapshot, pod, node, &mut state) {
             Ok(()) => {
                 feasible.push(node);
                 if feasible.len() >= want {
                     break;
                 }
             }
-            Err(rejection) => rejected.push((node, rejection)),
+            Err(rejection) => rejections.push((node.name().to_string(), rejection)),
         }
     }
 
     if feasible.is_empty() {
-        let mut reasons = BTreeMap::new();
-        for (_, rejection) in &rejected {
-            for reason in &rejection.reasons {
-                *reasons.entry(reason.clone()).or_insert(0) += 1;
-            }
-        }
-        return Err(FitError::Unschedulable {
+        return Err(Diagnosis {
             num_all_nodes: nodes.len(),
-            reasons,
-            postfilter: postfilter_message(pod, nodes.len(), &rejected),
+            rejections,
+            state,
         });
     }
 
-    let scores = score_nodes(pod, &feasible);
+    let scores = score_nodes(pod, &feasible, snapshot);
     let best = select_host(&scores, tie_breaker).unwrap_or(0);
     Ok(Placement {
         node: feasible[best].name().to_string(),
@@ -156,53 +246,70 @@ pub fn schedule(
     })
 }
 
-/// The preemption half of the message, from a dry run of upstream's default
-/// preemption: a node refused for a reason eviction cannot fix is "not
-/// helpful"; one with no lower-priority pods has "no victims"; one where even
-/// evicting every lower-priority pod leaves the pod unfit keeps the filter's
-/// reasons. Nodes where eviction *would* make room are reported as such,
-/// because Skiff does not preempt yet.
-fn postfilter_message(
+/// What to do with a pod after one scheduling attempt.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Bind it.
+    Bind(Placement),
+    /// It fits nowhere, but evicting `candidate.victims` makes room on
+    /// `candidate.node`: evict them, nominate the pod there and retry it once
+    /// they are gone.
+    Preempt {
+        /// The failure to report for this attempt.
+        fit: FitError,
+        /// Where, and whom to evict.
+        candidate: Candidate,
+    },
+    /// It fits nowhere and preemption cannot help now.
+    Wait {
+        /// The failure to report.
+        fit: FitError,
+        /// Whether the pod's nomination no longer holds and must be cleared.
+        clear_nomination: bool,
+    },
+}
+
+/// One scheduling attempt: [`schedule`], then, if no node fits, upstream's
+/// default preemption. `preemption_offset` picks where the candidate search
+/// starts (the scheduler passes a random number, as upstream does).
+pub fn decide(
+    snapshot: &Snapshot,
     pod: &PodInfo,
-    num_all_nodes: usize,
-    rejected: &[(&NodeInfo, Rejection)],
-) -> String {
-    let never = pod
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.preemption_policy.as_deref())
-        == Some("Never");
-    if never {
-        return "not eligible due to preemptionPolicy=Never.".to_string();
+    percentage_of_nodes_to_score: u32,
+    start: usize,
+    tie_breaker: u64,
+    preemption_offset: usize,
+) -> Decision {
+    let mut diagnosis = match schedule(
+        snapshot,
+        pod,
+        percentage_of_nodes_to_score,
+        start,
+        tie_breaker,
+    ) {
+        Ok(placement) => return Decision::Bind(placement),
+        Err(diagnosis) => diagnosis,
+    };
+    if diagnosis.num_all_nodes == 0 {
+        return Decision::Wait {
+            fit: FitError::NoNodes,
+            clear_nomination: false,
+        };
     }
-    let mut reasons = BTreeMap::new();
-    let mut count = |reason: &str| *reasons.entry(reason.to_string()).or_insert(0) += 1;
-    for (node, rejection) in rejected {
-        if !rejection.resolvable {
-            count(PREEMPTION_NOT_HELPFUL);
-            continue;
-        }
-        let victims: Vec<Arc<PodInfo>> = node
-            .pods
-            .values()
-            .filter(|p| p.priority < pod.priority)
-            .cloned()
-            .collect();
-        if victims.is_empty() {
-            count(NO_PREEMPTION_VICTIMS);
-            continue;
-        }
-        let mut without = (*node).clone();
-        for victim in &victims {
-            without.remove_pod(&victim.key);
-        }
-        match run_filters(pod, &without) {
-            Ok(()) => count(PREEMPTION_UNSUPPORTED),
-            Err(still) => still.reasons.iter().for_each(|r| count(r)),
-        }
+    match preemption::preempt(snapshot, pod, &mut diagnosis, preemption_offset) {
+        PostFilter::NotEligible(message) => Decision::Wait {
+            fit: diagnosis.fit_error(message),
+            clear_nomination: false,
+        },
+        PostFilter::NoCandidate(message) => Decision::Wait {
+            fit: diagnosis.fit_error(message),
+            clear_nomination: true,
+        },
+        PostFilter::Candidate(candidate) => Decision::Preempt {
+            fit: diagnosis.fit_error(String::new()),
+            candidate,
+        },
     }
-    histogram_message(num_all_nodes, &reasons)
 }
 
 #[cfg(test)]
@@ -244,6 +351,14 @@ mod tests {
         p
     }
 
+    /// The failure message of a pod that fits nowhere and cannot preempt.
+    fn failure(snap: &Snapshot, p: &PodInfo) -> String {
+        match decide(snap, p, 0, 0, 0, 0) {
+            Decision::Wait { fit, .. } => fit.to_string(),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
     #[test]
     fn feasible_node_count_follows_upstream() {
         assert_eq!(num_feasible_nodes_to_find(0, 10), 10);
@@ -263,9 +378,8 @@ mod tests {
             snap.upsert_node(Arc::new(ready(node(name, "1", "1Gi", "110"))));
         }
         let p = info(pod("big", "2", ""));
-        let err = schedule(&snap, &p, 0, 0, 0).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            failure(&snap, &p),
             format!(
                 "0/3 nodes are available: 1 {ERR_UNTOLERATED_TAINT}, 2 Insufficient cpu. \
                  preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, \
@@ -295,9 +409,8 @@ mod tests {
         let mut snap = Snapshot::new();
         snap.upsert_node(Arc::new(control_plane("cp1")));
         snap.upsert_node(Arc::new(control_plane("cp2")));
-        let err = schedule(&snap, &info(pod("p", "", "")), 0, 0, 0).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            failure(&snap, &info(pod("p", "", ""))),
             format!(
                 "0/2 nodes are available: 2 {ERR_UNTOLERATED_TAINT}. preemption: 0/2 nodes are \
                  available: 2 Preemption is not helpful for scheduling."
@@ -311,15 +424,14 @@ mod tests {
         snap.upsert_node(Arc::new(ready(node("w", "1", "1Gi", "110"))));
         let mut p = pod("p", "2", "");
         p.spec.as_mut().unwrap().preemption_policy = Some("Never".into());
-        let err = schedule(&snap, &info(p), 0, 0, 0).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            failure(&snap, &info(p)),
             "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
         );
     }
 
     #[test]
-    fn preemption_dry_run_looks_at_lower_priority_pods() {
+    fn preemption_looks_at_lower_priority_pods() {
         let mut snap = Snapshot::new();
         snap.upsert_node(Arc::new(ready(node("w1", "2", "1Gi", "110"))));
         snap.upsert_node(Arc::new(ready(node("w2", "2", "1Gi", "110"))));
@@ -327,27 +439,156 @@ mod tests {
         snap.add_pod("w1", info(prioritized(pod("low", "2", ""), 0)));
         // w2: an equal-priority pod: no victims.
         snap.add_pod("w2", info(prioritized(pod("same", "2", ""), 10)));
-        let err = schedule(&snap, &info(prioritized(pod("p", "1", ""), 10)), 0, 0, 0).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!(
-                "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: \
-                 1 No preemption victims found for incoming pod, 1 {PREEMPTION_UNSUPPORTED}."
-            )
-        );
+        match decide(&snap, &info(prioritized(pod("p", "1", ""), 10)), 0, 0, 0, 0) {
+            Decision::Preempt { fit, candidate } => {
+                assert_eq!(
+                    fit.to_string(),
+                    "0/2 nodes are available: 2 Insufficient cpu."
+                );
+                assert_eq!(candidate.node, "w1");
+                assert_eq!(candidate.victims.len(), 1);
+                assert_eq!(candidate.victims[0].key, "default/low");
+            }
+            other => panic!("{other:?}"),
+        }
         // A pod too big even for an empty node keeps the filter's reason.
-        let err =
-            schedule(&snap, &info(prioritized(pod("huge", "3", ""), 10)), 0, 0, 0).unwrap_err();
-        assert!(err.to_string().ends_with(
+        assert!(failure(&snap, &info(prioritized(pod("huge", "3", ""), 10))).ends_with(
             "preemption: 0/2 nodes are available: 1 Insufficient cpu, 1 No preemption victims found for incoming pod."
         ));
     }
 
+    /// Schedules `pods` one after another, assuming each onto its node as the
+    /// scheduler does, and returns where each went (or its failure).
+    fn place_all(snap: &mut Snapshot, pods: Vec<Pod>) -> Vec<String> {
+        pods.into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = info(p);
+                match decide(snap, &p, 0, i, i as u64, 0) {
+                    Decision::Bind(placement) => {
+                        snap.add_pod(&placement.node, p);
+                        placement.node
+                    }
+                    Decision::Wait { fit, .. } => fit.to_string(),
+                    Decision::Preempt { candidate, .. } => format!("preempt on {}", candidate.node),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn anti_affine_replicas_take_one_node_each() {
+        use crate::inter_pod_affinity::tests::{affinity, term};
+        use crate::snapshot::tests::{ready_node, with_labels};
+        let mut snap = Snapshot::new();
+        for n in ["n1", "n2", "n3"] {
+            snap.upsert_node(Arc::new(ready_node(n, "8")));
+        }
+        let replica = |i: usize| {
+            affinity(
+                with_labels(pod(&format!("web-{i}"), "", ""), &[("app", "web")]),
+                vec![],
+                vec![term("app", "web", "kubernetes.io/hostname")],
+            )
+        };
+        let mut placed = place_all(&mut snap, (0..4).map(replica).collect());
+        let last = placed.pop().unwrap();
+        placed.sort();
+        assert_eq!(placed, ["n1", "n2", "n3"]);
+        assert_eq!(
+            last,
+            "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. \
+             preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+        );
+        // An unrelated pod is refused by none of them.
+        let other = info(pod("other", "", ""));
+        assert!(matches!(
+            decide(&snap, &other, 0, 0, 0, 0),
+            Decision::Bind(_)
+        ));
+        // A web pod without terms of its own is refused by theirs.
+        let plain = info(with_labels(pod("plain", "", ""), &[("app", "web")]));
+        match decide(&snap, &plain, 0, 0, 0, 0) {
+            Decision::Wait { fit, .. } => assert!(fit.to_string().starts_with(
+                "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+            )),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hard_spread_fills_zones_evenly() {
+        use crate::snapshot::tests::{labelled_node, with_labels};
+        use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let mut snap = Snapshot::new();
+        // Zone a has three nodes, b and c one each: without spreading,
+        // least-allocated scoring would not care about zones.
+        for (name, zone) in [
+            ("a1", "a"),
+            ("a2", "a"),
+            ("a3", "a"),
+            ("b1", "b"),
+            ("c1", "c"),
+        ] {
+            snap.upsert_node(Arc::new(labelled_node(name, &[("zone", zone)])));
+        }
+        let replica = |i: usize| {
+            let mut p = with_labels(pod(&format!("web-{i}"), "", ""), &[("app", "web")]);
+            p.spec.as_mut().unwrap().topology_spread_constraints =
+                Some(vec![TopologySpreadConstraint {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                        ..Default::default()
+                    }),
+                    max_skew: 1,
+                    topology_key: "zone".into(),
+                    when_unsatisfiable: "DoNotSchedule".into(),
+                    ..Default::default()
+                }]);
+            p
+        };
+        let placed = place_all(&mut snap, (0..6).map(replica).collect());
+        let mut per_zone = BTreeMap::new();
+        for node in &placed {
+            *per_zone.entry(&node[..1]).or_insert(0) += 1;
+        }
+        assert_eq!(per_zone, BTreeMap::from([("a", 2), ("b", 2), ("c", 2)]));
+    }
+
+    #[test]
+    fn the_nominated_node_is_tried_first() {
+        let mut snap = Snapshot::new();
+        for name in ["w1", "w2", "w3"] {
+            snap.upsert_node(Arc::new(ready(node(name, "4", "4Gi", "110"))));
+        }
+        // w3 is the busiest node, so scoring alone would never pick it.
+        snap.add_pod("w3", info(pod("busy", "3", "3Gi")));
+        let p = info(pod("p", "500m", ""));
+        snap.nominate("w3", p.clone());
+        for start in 0..3 {
+            assert_eq!(
+                schedule(&snap, &p, 0, start, 0).unwrap(),
+                Placement {
+                    node: "w3".into(),
+                    evaluated: 0
+                }
+            );
+        }
+        // When it no longer fits there, the search goes on as usual.
+        let big = info(pod("big", "2", ""));
+        snap.nominate("w3", big.clone());
+        assert_ne!(schedule(&snap, &big, 0, 0, 0).unwrap().node, "w3");
+    }
+
     #[test]
     fn no_nodes() {
-        let err = schedule(&Snapshot::new(), &info(pod("p", "", "")), 0, 0, 0).unwrap_err();
-        assert_eq!(err, FitError::NoNodes);
-        assert_eq!(err.to_string(), "no nodes available to schedule pods");
+        let diagnosis = schedule(&Snapshot::new(), &info(pod("p", "", "")), 0, 0, 0).unwrap_err();
+        assert_eq!(diagnosis.fit_error(String::new()), FitError::NoNodes);
+        assert_eq!(
+            failure(&Snapshot::new(), &info(pod("p", "", ""))),
+            "no nodes available to schedule pods"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Filters: may this pod run on this node at all?
 //!
-//! Each filter is a pure function of the pod and one [`NodeInfo`], so it can
-//! be tested alone and run over nodes in any order. They run in upstream's
-//! order (`NodeUnschedulable`, `TaintToleration`, `NodeAffinity`, `NodePorts`,
-//! `NodeResourcesFit`) and the first rejection wins, which decides the reason
+//! Each filter is a pure function of the pod and one [`NodeInfo`] (plus, for
+//! the two filters that look at other pods, a [`PreFilterState`] computed once
+//! per pod), so it can be tested alone and run over nodes in any order. They
+//! run in upstream's order (`NodeUnschedulable`, `TaintToleration`,
+//! `NodeAffinity`, `NodePorts`, `NodeResourcesFit`, `PodTopologySpread`,
+//! `InterPodAffinity`) and the first rejection wins, which decides the reason
 //! that the `FailedScheduling` message counts for a node. The reasons are
 //! upstream's strings, since people grep for them.
 //!
@@ -20,7 +22,8 @@ use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
 };
 
-use crate::snapshot::{NodeInfo, PodInfo};
+use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
+use crate::{inter_pod_affinity, pod_topology_spread};
 
 /// Reason for a cordoned node.
 pub const ERR_NODE_UNSCHEDULABLE: &str = "node(s) were unschedulable";
@@ -54,9 +57,18 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn unresolvable(reason: &str) -> Rejection {
+    /// A refusal that evicting pods cannot change.
+    pub fn unresolvable(reason: &str) -> Rejection {
         Rejection {
             resolvable: false,
+            reasons: vec![reason.to_string()],
+        }
+    }
+
+    /// A refusal that evicting pods may lift.
+    pub fn resolvable(reason: &str) -> Rejection {
+        Rejection {
+            resolvable: true,
             reasons: vec![reason.to_string()],
         }
     }
@@ -65,8 +77,50 @@ impl Rejection {
 /// What a filter says about one node.
 pub type FilterResult = Result<(), Rejection>;
 
+/// What the filters that look beyond one node precompute for a pod, once per
+/// scheduling attempt (upstream's PreFilter). Each part is `None` when its
+/// filter has nothing to check, which is the common case and costs nothing.
+///
+/// Preemption and nominated pods ask "what if this pod were (not) here";
+/// [`add_pod`](Self::add_pod) and [`remove_pod`](Self::remove_pod) answer by
+/// adjusting the counts in place, and are exact inverses of each other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PreFilterState {
+    affinity: Option<Box<inter_pod_affinity::FilterState>>,
+    spread: Option<Box<pod_topology_spread::FilterState>>,
+}
+
+impl PreFilterState {
+    /// Computes the state for scheduling `pod` into `snapshot`.
+    pub fn new(snapshot: &Snapshot, pod: &PodInfo) -> PreFilterState {
+        PreFilterState {
+            affinity: inter_pod_affinity::FilterState::new(snapshot, pod).map(Box::new),
+            spread: pod_topology_spread::FilterState::new(snapshot, pod).map(Box::new),
+        }
+    }
+
+    /// Counts `other` as placed on `node` while scheduling `pod`.
+    pub fn add_pod(&mut self, pod: &PodInfo, other: &PodInfo, node: &Node) {
+        self.update(pod, other, node, 1);
+    }
+
+    /// Stops counting `other` on `node` while scheduling `pod`.
+    pub fn remove_pod(&mut self, pod: &PodInfo, other: &PodInfo, node: &Node) {
+        self.update(pod, other, node, -1);
+    }
+
+    fn update(&mut self, pod: &PodInfo, other: &PodInfo, node: &Node, delta: i64) {
+        if let Some(spread) = self.spread.as_mut() {
+            spread.update(pod, other, node, delta);
+        }
+        if let Some(affinity) = self.affinity.as_mut() {
+            affinity.update(pod, other, node, delta);
+        }
+    }
+}
+
 /// Runs every filter in upstream's order and returns the first rejection.
-pub fn run_filters(pod: &PodInfo, node: &NodeInfo) -> FilterResult {
+pub fn run_filters(pod: &PodInfo, node: &NodeInfo, state: &PreFilterState) -> FilterResult {
     let Some(n) = node.node.as_deref() else {
         return Err(Rejection::unresolvable("node not found"));
     };
@@ -74,7 +128,14 @@ pub fn run_filters(pod: &PodInfo, node: &NodeInfo) -> FilterResult {
     taint_toleration(pod, n)?;
     node_affinity(pod, n)?;
     node_ports(pod, node)?;
-    node_resources_fit(pod, node)
+    node_resources_fit(pod, node)?;
+    if let Some(spread) = &state.spread {
+        spread.filter(pod, n)?;
+    }
+    if let Some(affinity) = &state.affinity {
+        affinity.filter(n)?;
+    }
+    Ok(())
 }
 
 fn tolerations(pod: &PodInfo) -> &[Toleration] {
@@ -157,24 +218,35 @@ pub fn readiness_taint(node: &Node) -> Option<Taint> {
     })
 }
 
+fn node_taints(node: &Node) -> &[Taint] {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+fn blocks(tolerations: &[Toleration], taint: &Taint) -> bool {
+    (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerated(tolerations, taint)
+}
+
+/// Whether the node has a `NoSchedule` or `NoExecute` taint in its spec that
+/// the pod does not tolerate (the Ready condition is not consulted).
+pub fn has_untolerated_hard_taint(pod: &PodInfo, node: &Node) -> bool {
+    let tolerations = tolerations(pod);
+    node_taints(node).iter().any(|t| blocks(tolerations, t))
+}
+
 /// `TaintToleration`: every `NoSchedule` and `NoExecute` taint must be
 /// tolerated. `PreferNoSchedule` only lowers the score.
 pub fn taint_toleration(pod: &PodInfo, node: &Node) -> FilterResult {
     let tolerations = tolerations(pod);
-    let taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default();
-    let blocks = |t: &Taint| {
-        (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerated(tolerations, t)
-    };
-    if taints.iter().any(blocks) {
+    let taints = node_taints(node);
+    if has_untolerated_hard_taint(pod, node) {
         return Err(Rejection::unresolvable(ERR_UNTOLERATED_TAINT));
     }
     if let Some(implicit) = readiness_taint(node) {
         let already = taints.iter().any(|t| t.key == implicit.key);
-        if !already && blocks(&implicit) {
+        if !already && blocks(tolerations, &implicit) {
             return Err(Rejection::unresolvable(ERR_UNTOLERATED_TAINT));
         }
     }
@@ -283,10 +355,7 @@ pub fn node_ports(pod: &PodInfo, node: &NodeInfo) -> FilterResult {
         .iter()
         .any(|want| node.used_ports.keys().any(|used| want.conflicts(used)));
     if conflict {
-        Err(Rejection {
-            resolvable: true,
-            reasons: vec![ERR_NODE_PORTS.to_string()],
-        })
+        Err(Rejection::resolvable(ERR_NODE_PORTS))
     } else {
         Ok(())
     }
@@ -693,6 +762,53 @@ mod tests {
     }
 
     #[test]
+    fn spread_runs_after_resources_and_before_inter_pod_affinity() {
+        use crate::inter_pod_affinity::tests::{affinity, term};
+        use crate::snapshot::tests::{labelled_node, with_labels};
+        use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+        let mut snap = Snapshot::new();
+        snap.upsert_node(Arc::new(labelled_node("a1", &[("zone", "a")])));
+        snap.upsert_node(Arc::new(labelled_node("b1", &[("zone", "b")])));
+        let web = |name: &str| Arc::new(info(with_labels(pod(name, "", ""), &[("app", "web")])));
+        snap.add_pod("a1", web("w0"));
+        snap.add_pod("a1", web("w1"));
+        // Too big, skewed, and anti-affine to the web pods in zone a.
+        let mut p = affinity(
+            with_labels(pod("p", "100", ""), &[("app", "web")]),
+            vec![],
+            vec![term("app", "web", "zone")],
+        );
+        p.spec.as_mut().unwrap().topology_spread_constraints =
+            Some(vec![TopologySpreadConstraint {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                    ..Default::default()
+                }),
+                max_skew: 1,
+                topology_key: "zone".into(),
+                when_unsatisfiable: "DoNotSchedule".into(),
+                ..Default::default()
+            }]);
+        let big = info(p.clone());
+        let state = PreFilterState::new(&snap, &big);
+        let a1 = snap.node("a1").unwrap();
+        assert_eq!(
+            run_filters(&big, a1, &state).unwrap_err().reasons,
+            ["Insufficient cpu"]
+        );
+        p.spec.as_mut().unwrap().containers[0].resources = None;
+        let small = info(p);
+        let state = PreFilterState::new(&snap, &small);
+        assert_eq!(
+            run_filters(&small, a1, &state).unwrap_err().reasons,
+            [crate::pod_topology_spread::ERR_CONSTRAINTS]
+        );
+        assert!(run_filters(&small, snap.node("b1").unwrap(), &state).is_ok());
+    }
+
+    #[test]
     fn run_filters_stops_at_the_first_rejection() {
         let mut n = tainted(
             ready(node("n", "1", "1Gi", "10"), "True"),
@@ -700,8 +816,9 @@ mod tests {
         );
         n.spec.get_or_insert_with(NodeSpec::default).unschedulable = Some(true);
         let n = NodeInfo::new(Arc::new(n));
-        let err = run_filters(&info(pod("p", "4", "")), &n).unwrap_err();
+        let none = PreFilterState::default();
+        let err = run_filters(&info(pod("p", "4", "")), &n, &none).unwrap_err();
         assert_eq!(err.reasons, [ERR_NODE_UNSCHEDULABLE]);
-        assert!(run_filters(&info(pod("p", "", "")), &NodeInfo::default()).is_err());
+        assert!(run_filters(&info(pod("p", "", "")), &NodeInfo::default(), &none).is_err());
     }
 }

@@ -9,10 +9,34 @@
 //! `0/N nodes are available: …` message.
 //!
 //! The behaviour follows upstream's default profile for the plugins present:
-//! `NodeUnschedulable`, `TaintToleration`, `NodeAffinity`, `NodePorts`,
-//! `NodeResourcesFit` (LeastAllocated) and `NodeResourcesBalancedAllocation`.
-//! Inter-pod affinity, topology spread, volume binding and preemption are not
-//! implemented yet.
+//!
+//! - filters ([`filters`]): `NodeUnschedulable`, `TaintToleration`,
+//!   `NodeAffinity`, `NodePorts`, `NodeResourcesFit`, `PodTopologySpread`
+//!   ([`pod_topology_spread`]) and `InterPodAffinity`
+//!   ([`inter_pod_affinity`]);
+//! - scores ([`score`]): `NodeResourcesFit` (LeastAllocated),
+//!   `NodeResourcesBalancedAllocation`, `NodeAffinity`, `TaintToleration`,
+//!   `PodTopologySpread` and `InterPodAffinity`;
+//! - post-filter: `DefaultPreemption` ([`preemption`]): a pod that fits
+//!   nowhere evicts the fewest, least important lower-priority pods of one
+//!   node (DisruptionTarget condition, then DELETE with the victim's grace
+//!   period, and a `Preempted` event), is nominated to that node
+//!   (`status.nominatedNodeName`) and retried once they are gone.
+//!
+//! Not implemented: volume binding and the volume filters, `ImageLocality`,
+//! upstream's cluster-default topology spread constraints, and
+//! PodDisruptionBudgets in preemption (every candidate counts as violating
+//! none).
+//!
+//! Pods that name no inter-pod affinity or spread constraints cost about the
+//! same as without these plugins: they only visit the placed pods whose
+//! affinity terms may select them, found through a label index, never every
+//! pod. Pods with constraints visit the pods their selectors may match (also
+//! indexed) and, for spreading, every node once (see [`snapshot`]).
+//!
+//! The scheduler watches nodes, pods and namespaces (for `namespaceSelector`),
+//! and writes `pods/binding`, `pods/status` (conditions, `nominatedNodeName`),
+//! pod deletions (preemption) and events.
 //!
 //! ```no_run
 //! # async fn example(client: kube::Client) -> Result<(), skiff_scheduler::SchedulerError> {
@@ -27,6 +51,9 @@
 
 pub mod algorithm;
 pub mod filters;
+pub mod inter_pod_affinity;
+pub mod pod_topology_spread;
+pub mod preemption;
 pub mod queue;
 pub mod resources;
 mod scheduler;

@@ -312,6 +312,18 @@ impl SchedulingQueue {
         }
     }
 
+    /// Releases one parked pod (to backoff or active); a pod in any other
+    /// state is left alone.
+    pub fn release_parked(&mut self, key: &str, now: Instant) {
+        if self
+            .entries
+            .get(key)
+            .is_some_and(|e| e.state == State::Unschedulable)
+        {
+            self.release(key, now);
+        }
+    }
+
     /// A cluster event may have made parked pods fit: release them all.
     pub fn move_all_unschedulable(&mut self, now: Instant) {
         let parked: Vec<PodKey> = self
@@ -495,6 +507,24 @@ mod tests {
         q.failed("default/gone", Instant::now());
         q.unschedulable("default/gone", Instant::now());
         assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_parked_only_moves_parked_pods() {
+        let mut q = SchedulingQueue::new();
+        q.add_or_update(info("parked", 0), Instant::now());
+        q.add_or_update(info("busy", 0), Instant::now());
+        let parked = q.pop(Instant::now()).unwrap();
+        let busy = q.pop(Instant::now()).unwrap();
+        q.unschedulable(&parked.key, Instant::now());
+        q.release_parked(&busy.key, Instant::now());
+        q.release_parked(&parked.key, Instant::now());
+        tokio::time::advance(INITIAL_BACKOFF).await;
+        assert_eq!(names(&mut q, Instant::now()), ["default/parked"]);
+        assert!(
+            q.pop(Instant::now()).is_none(),
+            "the in-flight pod stays in flight"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,18 @@
 //! chosen, before the binding is written; the next pod sees the reservation.
 //! The pod watch confirms the binding; a failed binding forgets the
 //! assumption and retries the pod after its back-off.
+//!
+//! A pod that fits nowhere may preempt (see [`crate::preemption`]). It is
+//! nominated to the chosen node at once in the snapshot, so pods of lower
+//! priority leave that room alone; then, off the loop, each victim gets the
+//! `DisruptionTarget` condition, is deleted with its own grace period and
+//! gets a `Preempted` event, and the preemptor's `status.nominatedNodeName`
+//! is written with its `PodScheduled=False` condition. The preemptor stays
+//! parked until a pod deletion (the victims going) releases it; if an API
+//! call fails it is retried after its back-off instead.
+//!
+//! Namespaces are watched too: `namespaceSelector` in affinity terms selects
+//! namespaces by their labels.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -19,10 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use skiff_client::events::{EventRecorder, EventType};
@@ -31,7 +43,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::algorithm::{self, FitError};
+use crate::algorithm::{self, Decision, FitError};
+use crate::preemption::{Candidate, REASON_PREEMPTION_BY_SCHEDULER, marked_for_preemption};
 use crate::queue::SchedulingQueue;
 use crate::snapshot::{PodInfo, PodKey, Snapshot, pod_key};
 
@@ -41,6 +54,9 @@ pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
 /// How often pods parked as unschedulable are checked for the five-minute
 /// retry.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Pods scheduled in a row before the watches are served again.
+const SCHEDULE_BATCH: usize = 64;
 
 /// How long shutdown waits for bindings already in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -74,17 +90,18 @@ pub enum SchedulerError {
     /// means the client was torn down; restart the scheduler with a new one.
     #[error("the {resource} watch ended unexpectedly")]
     WatchEnded {
-        /// `nodes` or `pods`.
+        /// `nodes`, `pods` or `namespaces`.
         resource: &'static str,
     },
 }
 
 /// Runs the scheduler until `shutdown` is cancelled.
 ///
-/// Watches nodes and pods, schedules every pending pod that names
+/// Watches nodes, pods and namespaces, schedules every pending pod that names
 /// `config.scheduler_name`, binds it through `pods/{name}/binding` and records
-/// `Scheduled` / `FailedScheduling` events. Watch errors are retried with
-/// back-off and never end the loop.
+/// `Scheduled` / `FailedScheduling` events; preempts lower-priority pods for
+/// pods that fit nowhere. Watch errors are retried with back-off and never end
+/// the loop.
 pub async fn run(
     client: Client,
     config: SchedulerConfig,
@@ -96,6 +113,12 @@ pub async fn run(
     let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .boxed();
+    let namespaces = watcher::watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .boxed();
     let recorder = EventRecorder::new(client.clone(), &config.scheduler_name, "");
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let mut scheduler = Scheduler {
@@ -109,7 +132,12 @@ pub async fn run(
         outcomes_tx,
         tasks: TaskTracker::new(),
     };
-    let result = scheduler.run_loop(nodes, pods, outcomes, &shutdown).await;
+    let watches = Watches {
+        nodes,
+        pods,
+        namespaces,
+    };
+    let result = scheduler.run_loop(watches, outcomes, &shutdown).await;
     scheduler.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, scheduler.tasks.wait())
         .await
@@ -128,6 +156,17 @@ enum Outcome {
         node: String,
         result: Result<(), String>,
     },
+    /// Evicting a preemptor's victims failed.
+    PreemptionFailed { key: PodKey, error: String },
+}
+
+/// What to do with a pod's `status.nominatedNodeName` when reporting it
+/// unschedulable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Nomination {
+    Keep,
+    Set(String),
+    Clear,
 }
 
 /// The scheduler's state; see the module docs.
@@ -147,19 +186,42 @@ struct Scheduler {
 type WatchStream<K> =
     std::pin::Pin<Box<dyn Stream<Item = Result<Event<K>, watcher::Error>> + Send>>;
 
+/// The informers' event streams.
+struct Watches {
+    nodes: WatchStream<Node>,
+    pods: WatchStream<Pod>,
+    namespaces: WatchStream<Namespace>,
+}
+
 impl Scheduler {
     async fn run_loop(
         &mut self,
-        mut nodes: WatchStream<Node>,
-        mut pods: WatchStream<Pod>,
+        watches: Watches,
         mut outcomes: mpsc::UnboundedReceiver<Outcome>,
         shutdown: &CancellationToken,
     ) -> Result<(), SchedulerError> {
+        let Watches {
+            mut nodes,
+            mut pods,
+            mut namespaces,
+        } = watches;
         let mut flush = tokio::time::interval(FLUSH_INTERVAL);
         loop {
+            // Schedule what is ready before waiting again, but a bounded
+            // batch, so that a long queue cannot hold up the watches (whose
+            // events confirm bindings and free room) for long. Waiting for
+            // an idle moment instead would starve scheduling whenever pods
+            // are being created faster than events are handled.
+            if self.state.synced() {
+                for _ in 0..SCHEDULE_BATCH {
+                    match self.state.queue.pop(Instant::now()) {
+                        Some(pod) => self.schedule_one(pod),
+                        None => break,
+                    }
+                }
+            }
             let now = Instant::now();
-            let synced = self.state.nodes_synced && self.state.pods_synced;
-            let wake = if synced {
+            let wake = if self.state.synced() {
                 self.state.queue.next_ready(now)
             } else {
                 None
@@ -177,13 +239,15 @@ impl Scheduler {
                     Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
                     None => return Err(SchedulerError::WatchEnded { resource: "pods" }),
                 },
+                event = namespaces.next() => match event {
+                    Some(Ok(event)) => self.state.on_namespace_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "namespace watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "namespaces" }),
+                },
                 Some(outcome) = outcomes.recv() => self.on_outcome(outcome),
                 _ = flush.tick() => self.state.queue.flush_unschedulable_leftovers(Instant::now()),
-                () = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
-                    if let Some(pod) = self.state.queue.pop(Instant::now()) {
-                        self.schedule_one(pod);
-                    }
-                }
+                // A pod's back-off ends: the top of the loop schedules it.
+                () = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             }
         }
     }
@@ -193,27 +257,110 @@ impl Scheduler {
     fn schedule_one(&mut self, pod: Arc<PodInfo>) {
         self.attempts = self.attempts.wrapping_add(1);
         let tie_breaker = self.random.hash_one(self.attempts);
-        let result = algorithm::schedule(
+        let offset =
+            usize::try_from(self.random.hash_one((self.attempts, "preemption")) % (1 << 31))
+                .unwrap_or(0);
+        let decision = algorithm::decide(
             &self.state.snapshot,
             &pod,
             self.config.percentage_of_nodes_to_score,
             self.next_start,
             tie_breaker,
+            offset,
         );
-        match result {
-            Ok(placement) => {
+        match decision {
+            Decision::Bind(placement) => {
                 let count = self.state.snapshot.node_count().max(1);
                 self.next_start = (self.next_start + placement.evaluated) % count;
                 tracing::debug!(pod = %pod.key, node = %placement.node, "assuming pod");
                 self.state.assume(pod.clone(), &placement.node);
                 self.spawn_bind(pod, placement.node);
             }
-            Err(fit) => {
+            Decision::Wait {
+                fit,
+                clear_nomination,
+            } => {
                 tracing::debug!(pod = %pod.key, reason = %fit, "pod is unschedulable");
                 self.state.queue.unschedulable(&pod.key, Instant::now());
-                self.report_unschedulable(&pod, &fit);
+                let nomination = if clear_nomination {
+                    self.state.snapshot.clear_nomination(&pod.key);
+                    Nomination::Clear
+                } else {
+                    Nomination::Keep
+                };
+                self.report_unschedulable(&pod, &fit, nomination);
+            }
+            Decision::Preempt { fit, candidate } => {
+                tracing::info!(
+                    pod = %pod.key,
+                    node = %candidate.node,
+                    victims = candidate.victims.len(),
+                    "preempting lower-priority pods"
+                );
+                self.state.queue.unschedulable(&pod.key, Instant::now());
+                let displaced = self.state.nominate(pod.clone(), &candidate.node);
+                for other in &displaced {
+                    self.spawn_clear_nomination(other);
+                }
+                self.report_unschedulable(&pod, &fit, Nomination::Set(candidate.node.clone()));
+                self.spawn_preemption(pod, candidate);
             }
         }
+    }
+
+    /// Evicts a preemption's victims as upstream does: mark each with the
+    /// `DisruptionTarget` condition, delete it (with its own grace period,
+    /// and only that incarnation of it), and record `Preempted` on it.
+    fn spawn_preemption(&self, preemptor: Arc<PodInfo>, candidate: Candidate) {
+        let client = self.client.clone();
+        let recorder = self.recorder.clone();
+        let tx = self.outcomes_tx.clone();
+        let scheduler_name = preemptor
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.clone())
+            .unwrap_or_else(|| self.config.scheduler_name.clone());
+        self.tasks.spawn(async move {
+            let message = format!(
+                "Preempted by pod {} on node {}",
+                preemptor.uid(),
+                candidate.node
+            );
+            for victim in &candidate.victims {
+                let api: Api<Pod> = Api::namespaced(client.clone(), victim.namespace());
+                if let Err(error) = evict(&api, victim, &scheduler_name).await {
+                    // The loop may be gone at shutdown; then nobody needs to know.
+                    let _ = tx.send(Outcome::PreemptionFailed {
+                        key: preemptor.key.clone(),
+                        error: format!("preempting {}: {error}", victim.key),
+                    });
+                    return;
+                }
+                recorder.record(
+                    &object_ref(&victim.pod),
+                    EventType::Normal,
+                    "Preempted",
+                    &message,
+                );
+            }
+        });
+    }
+
+    /// Removes a lower-priority pod's nomination from its status: the room it
+    /// was promised now goes to a more important pod.
+    fn spawn_clear_nomination(&self, pod: &PodInfo) {
+        let api = self.pods_api(&pod.pod);
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
+        let patch = serde_json::json!({"status": {"nominatedNodeName": null}});
+        self.tasks.spawn(async move {
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                tracing::debug!(pod = %name, error = %e, "could not clear nominatedNodeName");
+            }
+        });
     }
 
     fn spawn_bind(&self, pod: Arc<PodInfo>, node: String) {
@@ -291,13 +438,18 @@ impl Scheduler {
                     }
                 }
             }
+            Outcome::PreemptionFailed { key, error } => {
+                tracing::warn!(pod = %key, %error, "preemption failed; will retry");
+                self.state.queue.failed(&key, Instant::now());
+            }
         }
     }
 
     /// Records `FailedScheduling` and sets `PodScheduled=False` with reason
-    /// `Unschedulable`, as upstream does; the condition is only written when
-    /// it changes, so retries of a stuck pod do not rewrite it.
-    fn report_unschedulable(&self, pod: &PodInfo, fit: &FitError) {
+    /// `Unschedulable`, as upstream does, with the `nominatedNodeName` change
+    /// preemption asks for; the status is only written when it changes, so
+    /// retries of a stuck pod do not rewrite it.
+    fn report_unschedulable(&self, pod: &PodInfo, fit: &FitError, nomination: Nomination) {
         let message = fit.to_string();
         self.recorder.record(
             &object_ref(&pod.pod),
@@ -312,12 +464,25 @@ impl Scheduler {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
+        let nominated_now = pod
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty());
+        let nominated = match &nomination {
+            Nomination::Set(node) if nominated_now != Some(node.as_str()) => {
+                Some(serde_json::json!(node))
+            }
+            Nomination::Clear if nominated_now.is_some() => Some(serde_json::Value::Null),
+            _ => None,
+        };
         let unchanged = current.is_some_and(|c| {
             c.status == "False"
                 && c.reason.as_deref() == Some("Unschedulable")
                 && c.message.as_deref() == Some(message.as_str())
         });
-        if unchanged {
+        if unchanged && nominated.is_none() {
             return;
         }
         let transition = match current {
@@ -331,7 +496,7 @@ impl Scheduler {
                 jiff::Timestamp::now()
             ))
         });
-        let patch = serde_json::json!({
+        let mut patch = serde_json::json!({
             "status": {
                 "conditions": [{
                     "type": "PodScheduled",
@@ -343,6 +508,9 @@ impl Scheduler {
                 }]
             }
         });
+        if let Some(nominated) = nominated {
+            patch["status"]["nominatedNodeName"] = nominated;
+        }
         let api = self.pods_api(&pod.pod);
         let name = pod.pod.metadata.name.clone().unwrap_or_default();
         self.tasks.spawn(async move {
@@ -361,6 +529,54 @@ impl Scheduler {
     }
 }
 
+/// Marks one victim as disrupted by preemption and deletes it. A victim
+/// already gone counts as evicted.
+async fn evict(api: &Api<Pod>, victim: &PodInfo, scheduler_name: &str) -> Result<(), kube::Error> {
+    let name = victim.pod.metadata.name.clone().unwrap_or_default();
+    let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    if !marked_for_preemption(&victim.pod) {
+        let patch = serde_json::json!({
+            "status": {
+                "conditions": [{
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": REASON_PREEMPTION_BY_SCHEDULER,
+                    "message": format!("{scheduler_name}: preempting to accommodate a higher priority pod"),
+                    "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        jiff::Timestamp::now()
+                    ),
+                }]
+            }
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut params = DeleteParams::default().preconditions(Preconditions {
+        uid: victim.pod.metadata.uid.clone(),
+        resource_version: None,
+    });
+    if let Some(grace) = victim
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .and_then(|g| u32::try_from(g).ok())
+    {
+        params = params.grace_period(grace);
+    }
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(e) if gone(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// What the informers have told the scheduler: the snapshot, the queue and
 /// the pods assumed onto nodes. No I/O, so the event handling is testable.
 #[derive(Debug)]
@@ -374,8 +590,10 @@ struct ClusterState {
     /// Objects of a re-list in progress (between `Init` and `InitDone`).
     node_relist: Option<Vec<Node>>,
     pod_relist: Option<Vec<Pod>>,
+    namespace_relist: Option<Vec<Namespace>>,
     nodes_synced: bool,
     pods_synced: bool,
+    namespaces_synced: bool,
 }
 
 impl ClusterState {
@@ -387,16 +605,92 @@ impl ClusterState {
             assumed: HashMap::new(),
             node_relist: None,
             pod_relist: None,
+            namespace_relist: None,
             nodes_synced: false,
             pods_synced: false,
+            namespaces_synced: false,
         }
+    }
+
+    /// Whether every informer has listed once, so decisions see the cluster.
+    fn synced(&self) -> bool {
+        self.nodes_synced && self.pods_synced && self.namespaces_synced
     }
 
     /// Counts a chosen pod on its node before the binding is written, so the
     /// next pod sees the reservation.
     fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.snapshot.clear_nomination(&pod.key);
         self.assumed.insert(pod.key.clone(), node.to_string());
         self.snapshot.add_pod(node, pod);
+    }
+
+    /// Nominates a preemptor to `node`, and takes the nomination away from
+    /// pods of lower priority nominated there (returned, so their status can
+    /// be cleared too): the room they were promised goes to the preemptor.
+    fn nominate(&mut self, pod: Arc<PodInfo>, node: &str) -> Vec<Arc<PodInfo>> {
+        let displaced: Vec<Arc<PodInfo>> = self
+            .snapshot
+            .nominated_pods(node)
+            .filter(|p| p.priority < pod.priority && p.key != pod.key)
+            .cloned()
+            .collect();
+        for other in &displaced {
+            self.snapshot.clear_nomination(&other.key);
+            self.queue.release_parked(&other.key, Instant::now());
+        }
+        self.snapshot.nominate(node, pod);
+        displaced
+    }
+
+    fn on_namespace_event(&mut self, event: Event<Namespace>) {
+        match event {
+            Event::Apply(ns) => self.apply_namespace(ns),
+            Event::Delete(ns) => {
+                if let Some(name) = ns.metadata.name.as_deref() {
+                    self.snapshot.remove_namespace(name);
+                }
+            }
+            Event::Init => self.namespace_relist = Some(Vec::new()),
+            Event::InitApply(ns) => self.namespace_relist.get_or_insert_with(Vec::new).push(ns),
+            Event::InitDone => {
+                let listed = self.namespace_relist.take().unwrap_or_default();
+                let names: HashSet<String> = listed
+                    .iter()
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                let gone: Vec<String> = self
+                    .snapshot
+                    .namespace_names()
+                    .filter(|n| !names.contains(*n))
+                    .map(str::to_string)
+                    .collect();
+                for name in gone {
+                    self.snapshot.remove_namespace(&name);
+                }
+                for ns in listed {
+                    self.apply_namespace(ns);
+                }
+                self.namespaces_synced = true;
+            }
+        }
+    }
+
+    /// Records a namespace's labels; a change may let a pod whose affinity
+    /// selects namespaces fit, so parked pods are retried.
+    fn apply_namespace(&mut self, ns: Namespace) {
+        let Some(name) = ns.metadata.name else {
+            return;
+        };
+        let labels = ns.metadata.labels.unwrap_or_default();
+        let known = self.snapshot.namespaces().any(|(n, _)| n == name);
+        if known && self.snapshot.namespace_labels(&name) == &labels {
+            return;
+        }
+        self.snapshot.upsert_namespace(&name, labels);
+        if known {
+            self.queue.move_all_unschedulable(Instant::now());
+        }
     }
 
     /// The binding failed: free the reservation and retry after back-off.
@@ -495,6 +789,7 @@ impl ClusterState {
             Some(node) => {
                 self.queue.remove(&key);
                 self.assumed.remove(&key);
+                self.snapshot.clear_nomination(&key);
                 self.snapshot.add_pod(&node, info);
             }
             None if self.assumed.contains_key(&key) => {
@@ -507,17 +802,38 @@ impl ClusterState {
                     self.queue.move_all_unschedulable(Instant::now());
                 }
                 if is_ours(&info.pod, &self.scheduler_name) {
+                    self.refresh_nomination(&info);
                     self.queue.add_or_update(info, Instant::now());
                 } else {
+                    self.snapshot.clear_nomination(&key);
                     self.queue.remove(&key);
                 }
             }
         }
     }
 
+    /// Follows a pending pod's `status.nominatedNodeName`. An update without
+    /// one keeps the nomination the scheduler made itself: it may predate our
+    /// status write.
+    fn refresh_nomination(&mut self, info: &Arc<PodInfo>) {
+        let stated = info
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty());
+        let node = stated
+            .or(self.snapshot.nomination(&info.key))
+            .map(str::to_string);
+        if let Some(node) = node {
+            self.snapshot.nominate(&node, info.clone());
+        }
+    }
+
     fn delete_pod(&mut self, key: &str) {
         self.queue.remove(key);
         self.assumed.remove(key);
+        self.snapshot.clear_nomination(key);
         if self.snapshot.remove_pod(key).is_some() {
             self.queue.move_all_unschedulable(Instant::now());
         }
@@ -827,6 +1143,121 @@ mod tests {
         // So does a new node.
         state.on_node_event(Event::Apply(ready_node("n2", "4")));
         assert!(state.queue.pop(Instant::now()).is_some());
+    }
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn namespaces_are_synced_and_label_changes_release_parked_pods() {
+        let mut state = synced(vec![ready_node("n1", "1")], vec![pod("p", "2", "")]);
+        assert!(!state.synced(), "namespaces not listed yet");
+        state.on_namespace_event(Event::Init);
+        state.on_namespace_event(Event::InitApply(namespace("team", &[("tier", "gold")])));
+        state.on_namespace_event(Event::InitDone);
+        assert!(state.synced());
+        assert_eq!(state.snapshot.namespace_labels("team")["tier"], "gold");
+
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.queue.unschedulable(&p.key, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // Re-applying the same labels changes nothing.
+        state.on_namespace_event(Event::Apply(namespace("team", &[("tier", "gold")])));
+        assert!(state.queue.pop(Instant::now()).is_none());
+        state.on_namespace_event(Event::Apply(namespace("team", &[("tier", "silver")])));
+        assert!(state.queue.pop(Instant::now()).is_some());
+
+        // A re-list drops namespaces that are gone.
+        state.on_namespace_event(Event::Init);
+        state.on_namespace_event(Event::InitDone);
+        assert!(state.snapshot.namespace_labels("team").is_empty());
+    }
+
+    fn nominated(mut p: Pod, node: &str) -> Pod {
+        p.status
+            .get_or_insert_with(PodStatus::default)
+            .nominated_node_name = Some(node.into());
+        p
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nominations_follow_the_pod_status_and_end_with_binding() {
+        let mut state = synced(
+            vec![ready_node("n1", "2")],
+            vec![nominated(pod("p", "1", ""), "n1")],
+        );
+        assert_eq!(state.snapshot.nomination("default/p"), Some("n1"));
+        // An update without the field (e.g. one that predates our write)
+        // keeps it.
+        state.on_pod_event(Event::Apply(pod("p", "1", "")));
+        assert_eq!(state.snapshot.nomination("default/p"), Some("n1"));
+        // Binding ends it.
+        state.on_pod_event(Event::Apply(bound(pod("p", "1", ""), "n1")));
+        assert_eq!(state.snapshot.nomination("default/p"), None);
+
+        // So does assuming it, and deleting it.
+        let mut state = synced(
+            vec![ready_node("n1", "2")],
+            vec![
+                nominated(pod("a", "1", ""), "n1"),
+                nominated(pod("b", "1", ""), "n1"),
+            ],
+        );
+        let a = state
+            .snapshot
+            .nominated_pods("n1")
+            .find(|p| p.key == "default/a")
+            .cloned();
+        state.assume(a.unwrap(), "n1");
+        assert_eq!(state.snapshot.nomination("default/a"), None);
+        state.on_pod_event(Event::Delete(pod("b", "1", "")));
+        assert!(!state.snapshot.has_nominations());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_preemptor_displaces_lower_priority_nominations() {
+        let low = |name: &str, priority| {
+            let mut p = nominated(pod(name, "1", ""), "n1");
+            p.spec.as_mut().unwrap().priority = Some(priority);
+            p
+        };
+        let mut state = synced(
+            vec![ready_node("n1", "2")],
+            vec![low("low", 1), low("peer", 10), low("preemptor", 10)],
+        );
+        // "low" was parked waiting for its own victims.
+        while let Some(p) = state.queue.pop(Instant::now()) {
+            state.queue.unschedulable(&p.key, Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let preemptor = state
+            .snapshot
+            .nominated_pods("n1")
+            .find(|p| p.key == "default/preemptor")
+            .cloned()
+            .unwrap();
+        let displaced = state.nominate(preemptor, "n1");
+        let keys: Vec<&str> = displaced.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["default/low"], "equal priority keeps its nomination");
+        assert_eq!(state.snapshot.nomination("default/low"), None);
+        assert_eq!(state.snapshot.nomination("default/peer"), Some("n1"));
+        // The displaced pod is released to look elsewhere.
+        let next = state.queue.pop(Instant::now()).unwrap();
+        assert_eq!(next.key, "default/low");
+        assert!(state.queue.pop(Instant::now()).is_none());
     }
 
     #[test]

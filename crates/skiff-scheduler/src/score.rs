@@ -8,14 +8,23 @@
 //! | `NodeResourcesBalancedAllocation` | 1 | nodes whose cpu and memory use stay level |
 //! | `NodeAffinity` (preferred terms) | 2 | nodes matching the pod's preferences |
 //! | `TaintToleration` (`PreferNoSchedule`) | 3 | nodes with fewer untolerated soft taints |
+//! | `PodTopologySpread` (`ScheduleAnyway`) | 2 | domains with fewer matching pods |
+//! | `InterPodAffinity` (preferred terms) | 2 | domains the pod's and placed pods' preferences favour |
 //!
 //! Each plugin scores 0–100; the node with the highest weighted sum wins.
-//! `ImageLocality`, `InterPodAffinity` and `PodTopologySpread` are not here yet.
+//! `ImageLocality` is not here: Skiff's scheduler does not track node images.
+//! The last two score from other pods (see [`pod_topology_spread`] and
+//! [`inter_pod_affinity`]) and cost nothing for a pod without spread
+//! constraints or preferred terms while no placed pod has affinity terms.
+//!
+//! [`pod_topology_spread`]: crate::pod_topology_spread
+//! [`inter_pod_affinity`]: crate::inter_pod_affinity
 
 use k8s_openapi::api::core::v1::{Node, Toleration};
 
 use crate::filters::{term_matches, tolerated};
-use crate::snapshot::{NodeInfo, PodInfo};
+use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
+use crate::{inter_pod_affinity, pod_topology_spread};
 
 /// The highest score a plugin gives.
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -24,6 +33,8 @@ const WEIGHT_FIT: i64 = 1;
 const WEIGHT_BALANCED: i64 = 1;
 const WEIGHT_NODE_AFFINITY: i64 = 2;
 const WEIGHT_TAINT_TOLERATION: i64 = 3;
+const WEIGHT_POD_TOPOLOGY_SPREAD: i64 = 2;
+const WEIGHT_INTER_POD_AFFINITY: i64 = 2;
 
 /// `(allocatable - requested) * 100 / allocatable`, 0 when over-committed.
 fn least_requested(requested: i64, allocatable: i64) -> i64 {
@@ -154,8 +165,9 @@ pub fn normalize(scores: &mut [i64], reverse: bool) {
     }
 }
 
-/// The weighted total score of each feasible node, in the order given.
-pub fn score_nodes(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
+/// The weighted total score of each feasible node, in the order given;
+/// `snapshot` supplies the other pods for spreading and inter-pod affinity.
+pub fn score_nodes(pod: &PodInfo, nodes: &[&NodeInfo], snapshot: &Snapshot) -> Vec<i64> {
     let node_objects: Vec<Option<&Node>> = nodes.iter().map(|n| n.node.as_deref()).collect();
     let mut affinity: Vec<i64> = node_objects
         .iter()
@@ -167,6 +179,11 @@ pub fn score_nodes(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
         .map(|n| n.map_or(0, |n| intolerable_prefer_no_schedule(pod, n)))
         .collect();
     normalize(&mut taints, true);
+    let spread = pod_topology_spread::score(snapshot, pod, nodes);
+    let pod_affinity = inter_pod_affinity::score(snapshot, pod, nodes);
+    let at = |scores: &Option<Vec<i64>>, i: usize| {
+        scores.as_ref().and_then(|s| s.get(i)).copied().unwrap_or(0)
+    };
     nodes
         .iter()
         .enumerate()
@@ -175,6 +192,8 @@ pub fn score_nodes(pod: &PodInfo, nodes: &[&NodeInfo]) -> Vec<i64> {
                 + WEIGHT_BALANCED * balanced_allocation(pod, n)
                 + WEIGHT_NODE_AFFINITY * affinity[i]
                 + WEIGHT_TAINT_TOLERATION * taints[i]
+                + WEIGHT_POD_TOPOLOGY_SPREAD * at(&spread, i)
+                + WEIGHT_INTER_POD_AFFINITY * at(&pod_affinity, i)
         })
         .collect()
 }
@@ -297,11 +316,73 @@ mod tests {
             .map(|n| NodeInfo::new(Arc::new(n)))
             .collect();
         let refs: Vec<&NodeInfo> = infos.iter().collect();
-        let scores = score_nodes(&p, &refs);
+        let scores = score_nodes(&p, &refs, &Snapshot::new());
         assert!(scores[0] > scores[2], "preferred node wins: {scores:?}");
         assert!(scores[2] > scores[1], "soft-tainted node loses: {scores:?}");
         assert_eq!(scores[0] - scores[2], 2 * MAX_NODE_SCORE);
         assert_eq!(scores[2] - scores[1], 3 * MAX_NODE_SCORE);
+    }
+
+    #[test]
+    fn inter_pod_affinity_and_spread_carry_weight_two() {
+        use crate::inter_pod_affinity::tests::term;
+        use crate::snapshot::tests::{labelled_node, with_labels};
+        use k8s_openapi::api::core::v1::{
+            PodAffinity, TopologySpreadConstraint, WeightedPodAffinityTerm,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+        let mut snap = Snapshot::new();
+        for (name, zone) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+            snap.upsert_node(Arc::new(labelled_node(name, &[("zone", zone)])));
+        }
+        // The only other pod sits on a2, so a1 and b1 differ by zone alone.
+        snap.add_pod(
+            "a2",
+            Arc::new(info(with_labels(pod("cache", "", ""), &[("app", "cache")]))),
+        );
+        let mut p = with_labels(pod("p", "", ""), &[("app", "cache")]);
+        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_affinity: Some(PodAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 1,
+                        pod_affinity_term: term("app", "cache", "zone"),
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let feasible = |snap: &Snapshot| -> Vec<NodeInfo> {
+            ["a1", "b1"]
+                .iter()
+                .map(|n| snap.node(n).unwrap().clone())
+                .collect()
+        };
+        let nodes = feasible(&snap);
+        let refs: Vec<&NodeInfo> = nodes.iter().collect();
+        let scores = score_nodes(&info(p.clone()), &refs, &snap);
+        assert_eq!(
+            scores[0] - scores[1],
+            2 * MAX_NODE_SCORE,
+            "affinity pulls to zone a"
+        );
+
+        // Spreading the same pods over zones pushes the other way, equally hard.
+        p.spec.as_mut().unwrap().topology_spread_constraints =
+            Some(vec![TopologySpreadConstraint {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some([("app".to_string(), "cache".to_string())].into()),
+                    ..Default::default()
+                }),
+                max_skew: 1,
+                topology_key: "zone".into(),
+                when_unsatisfiable: "ScheduleAnyway".into(),
+                ..Default::default()
+            }]);
+        let scores = score_nodes(&info(p), &refs, &snap);
+        assert_eq!(scores[0], scores[1]);
     }
 
     #[test]
@@ -310,7 +391,7 @@ mod tests {
         busy.add_pod(Arc::new(info(pod("x", "2", "2Gi"))));
         let idle = NodeInfo::new(Arc::new(node("idle", "4", "4Gi", "110")));
         let p = info(pod("p", "1", "1Gi"));
-        let scores = score_nodes(&p, &[&busy, &idle]);
+        let scores = score_nodes(&p, &[&busy, &idle], &Snapshot::new());
         assert_eq!(select_host(&scores, 0), Some(1));
     }
 

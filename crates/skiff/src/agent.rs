@@ -36,6 +36,9 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
         ),
     };
     pki::write_file_atomic(&data_dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
+    if let Some(nodes) = args.hollow {
+        return run_hollow(&args, &ca_pem, &token.bearer, nodes);
+    }
 
     let node_name = crate::server::node_name(&args.agent)?;
     let node_ip = match args.agent.node_ip {
@@ -76,6 +79,37 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
         skiff_agent::agent::run(options, client, shutdown)
             .await
             .context("node agent")
+    })
+}
+
+/// Runs `nodes` hollow (simulated) nodes instead of a real agent.
+fn run_hollow(
+    args: &AgentCommandArgs,
+    ca_pem: &str,
+    bearer: &str,
+    nodes: usize,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
+        let client = skiff_client::connect::with_token(&args.server, ca_pem.as_bytes(), bearer)
+            .context("building the API client")?;
+        let config = skiff_hollow::HollowConfig {
+            nodes,
+            name_prefix: args.hollow_prefix.clone(),
+            ..skiff_hollow::HollowConfig::default()
+        };
+        eprintln!(
+            "Skiff agent joining {} with {nodes} hollow (simulated) nodes {}-N.",
+            args.server, args.hollow_prefix
+        );
+        skiff_hollow::run(client, config, shutdown)
+            .await
+            .context("hollow nodes")
     })
 }
 

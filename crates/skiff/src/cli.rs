@@ -57,6 +57,22 @@ pub struct AgentCommandArgs {
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub bind_address: IpAddr,
 
+    /// Register this many simulated ("hollow") nodes instead of a real one,
+    /// as upstream's kubemark does: they heartbeat and report bound pods
+    /// Running without running anything. For scale benchmarks and scheduler
+    /// tests only.
+    #[arg(long, value_name = "N")]
+    pub hollow: Option<usize>,
+
+    /// The name prefix of hollow nodes (`PREFIX-0`, `PREFIX-1`, ...).
+    #[arg(
+        long,
+        default_value = "hollow-node",
+        value_name = "PREFIX",
+        requires = "hollow"
+    )]
+    pub hollow_prefix: String,
+
     /// Node agent flags.
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -110,6 +126,11 @@ pub struct ServerArgs {
     /// Pod CIDR of the whole cluster; each node gets a /24 of it.
     #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
     pub cluster_cidr: String,
+
+    /// How long a node may go without a heartbeat before it is marked
+    /// NotReady (Unknown) and tainted unreachable, in seconds.
+    #[arg(long, default_value_t = 40, value_name = "SECONDS")]
+    pub node_monitor_grace_period: u64,
 
     /// The local node agent.
     #[command(flatten)]

@@ -21,6 +21,8 @@ use anyhow::Context;
 use skiff_client::leader::LeaderElectionConfig;
 use skiff_controllers::manager::ControllerManagerConfig;
 use skiff_controllers::node_ipam::NodeIpamConfig;
+use skiff_controllers::node_lifecycle::NodeLifecycleConfig;
+use skiff_controllers::serviceaccount::RootCaConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServerArgs;
@@ -184,6 +186,15 @@ impl Components<'_> {
                             cluster_cidr,
                             ..Default::default()
                         },
+                        node_lifecycle: NodeLifecycleConfig {
+                            node_monitor_grace_period: std::time::Duration::from_secs(
+                                self.args.node_monitor_grace_period,
+                            ),
+                            ..Default::default()
+                        },
+                        root_ca: Some(RootCaConfig {
+                            ca_pem: self.pki.ca_cert.clone(),
+                        }),
                         ..Default::default()
                     },
                     token,

@@ -203,6 +203,37 @@ const STATEFULSET_MUTABLE: &[&str] = &[
     "minReadySeconds",
 ];
 
+/// A copy of a StatefulSet spec whose pod template also lists a volume per
+/// `volumeClaimTemplates` entry, as the controller adds them to each pod.
+fn with_claim_volumes(spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    let claims: Vec<String> = super::field::arr_of(&spec, "volumeClaimTemplates")
+        .iter()
+        .map(|claim| str_of(get(claim, "metadata"), "name").to_string())
+        .filter(|name| !name.is_empty())
+        .collect();
+    if let Some(pod) = spec
+        .get_mut("template")
+        .and_then(|t| t.get_mut("spec"))
+        .and_then(Value::as_object_mut)
+    {
+        let volumes = pod
+            .entry("volumes")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Some(volumes) = volumes.as_array_mut() {
+            for name in claims {
+                if !volumes.iter().any(|v| v["name"] == name.as_str()) {
+                    volumes.push(serde_json::json!({
+                        "name": name,
+                        "persistentVolumeClaim": {"claimName": name},
+                    }));
+                }
+            }
+        }
+    }
+    spec
+}
+
 /// `StatefulSet`
 pub(crate) fn validate_stateful_set(errs: &mut Vec<FieldError>, obj: &Value, old: Option<&Value>) {
     let spec = get(obj, "spec");
@@ -257,9 +288,11 @@ pub(crate) fn validate_stateful_set(errs: &mut Vec<FieldError>, obj: &Value, old
             &["Retain", "Delete"],
         );
     }
+    // Claim templates become the pods' volumes, so mounts may name them.
+    let spec_with_claims = with_claim_volumes(spec);
     validate_long_running_template(
         errs,
-        spec,
+        &spec_with_claims,
         &sp,
         "StatefulSet",
         "empty selector is invalid for statefulset",

@@ -158,6 +158,18 @@ fn valid_workloads_pass() {
                      "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}]}
         }),
     );
+    let mut mounting = template();
+    mounting["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "data", "mountPath": "/data"}]);
+    assert_valid::<StatefulSet>(
+        "apps",
+        "StatefulSet",
+        json!({
+            "metadata": {"name": "mounts-claim", "namespace": "default"},
+            "spec": {"serviceName": "db", "selector": selector, "template": mounting,
+                     "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}
+        }),
+    );
     assert_valid::<DaemonSet>(
         "apps",
         "DaemonSet",

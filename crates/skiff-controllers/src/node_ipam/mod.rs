@@ -327,16 +327,26 @@ impl Reconciler {
     }
 }
 
-/// Records every CIDR of a node in `allocator`, logging the ones that cannot
-/// be (foreign ranges, or overlaps that an operator must resolve).
+/// Records every CIDR of a node in `allocator`. Overlaps need an operator
+/// and are warned about; a range outside the cluster CIDR was assigned by
+/// someone else (hollow nodes bring their own) and is merely not managed.
 fn occupy_all(allocator: &mut CidrAllocator, node: &str, pod_cidrs: &[String]) {
     for raw in pod_cidrs {
-        let result = raw
-            .parse::<Cidr>()
-            .map_err(|e| e.to_string())
-            .and_then(|cidr| allocator.occupy(node, cidr).map_err(|e| e.to_string()));
-        if let Err(error) = result {
-            tracing::warn!(node, pod_cidr = %raw, %error, "not recording a node's pod CIDR");
+        let cidr = match raw.parse::<Cidr>() {
+            Ok(cidr) => cidr,
+            Err(error) => {
+                tracing::warn!(node, pod_cidr = %raw, %error, "not recording a node's pod CIDR");
+                continue;
+            }
+        };
+        match allocator.occupy(node, cidr) {
+            Ok(()) => {}
+            Err(error @ OccupyError::OutsideCluster { .. }) => {
+                tracing::debug!(node, %error, "not managing a node's pod CIDR");
+            }
+            Err(error) => {
+                tracing::warn!(node, %error, "not recording a node's pod CIDR");
+            }
         }
     }
 }
