@@ -53,6 +53,7 @@ echo "# Skiff benchmarks, commit $(git rev-parse --short HEAD 2>/dev/null || ech
 echo
 "$bench" api "${dir_args[@]}" --skiff "$skiff" "$@"
 "$bench" rss "${dir_args[@]}" --skiff "$skiff"
+"$bench" scheduling "${dir_args[@]}" --skiff "$skiff"
 if ((EUID == 0)); then
     "$bench" pods "${dir_args[@]}" --skiff "$skiff"
 else
