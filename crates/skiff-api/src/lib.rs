@@ -13,6 +13,7 @@ pub mod merge_keys;
 pub mod patch;
 pub mod printers;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod selector;
 pub mod validation;

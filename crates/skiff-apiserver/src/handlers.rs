@@ -125,13 +125,13 @@ async fn dispatch(
             Ok(success(StatusCode::CREATED))
         }
         (Method::POST, Some(name), Some("eviction")) => {
+            let eviction = body::decode_object(content_type, &body)?;
             let at = ObjectRef {
                 rt,
                 namespace: ns,
                 name,
             };
-            rest.delete(at, &DeleteOptions::default(), ctx.dry_run)
-                .await?;
+            crate::admission::eviction::evict(rest, at, &eviction, ctx.dry_run).await?;
             Ok(success(StatusCode::CREATED))
         }
         (Method::POST, Some(_), Some(other)) => Err(unserved_subresource(rt, other)),

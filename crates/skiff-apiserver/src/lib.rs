@@ -4,6 +4,7 @@
 //! resource endpoint); [`run`] serves it over TLS with HTTP/1.1 and HTTP/2
 //! (kubectl uses HTTP/2 for requests and HTTP/1.1 for upgrades).
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod bootstrap;

@@ -13,6 +13,7 @@ use skiff_api::managed_fields::{BuiltinSchema, FieldManager, PathElement};
 use skiff_api::registry::{self, FieldError, ResourceType};
 use skiff_store::{KeyValue, Store, StoreError};
 
+use crate::admission;
 use crate::cache::{Cached, WatchCache, object_key};
 use crate::error::{ApiError, ApiResult};
 use crate::object;
@@ -175,6 +176,7 @@ impl Rest {
         }
         skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut obj);
         skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
+        admission::limit_ranges(self, rt, &mut obj).await?;
         if rt.group == "batch" && rt.kind == "Job" {
             skiff_api::defaults::generate_job_selector(&mut obj);
         }
@@ -201,15 +203,18 @@ impl Rest {
         } else {
             None
         };
+        let charge = admission::quota::admit_create(self, rt, &obj, ctx.dry_run).await?;
         if ctx.dry_run {
             return Ok(obj);
         }
         let bytes = encode(rt, &obj)?;
-        let revision = self
-            .store
-            .create(&target.key(), bytes)
-            .await
-            .map_err(|e| ApiError::from_store(rt, &name, e))?;
+        let revision = match self.store.create(&target.key(), bytes).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                charge.refund(self).await;
+                return Err(ApiError::from_store(rt, &name, e));
+            }
+        };
         object::set_resource_version(&mut obj, revision);
         Ok(obj)
     }
@@ -465,7 +470,11 @@ impl Rest {
                     Err(e) => return Err(ApiError::from_store(rt, target.name, e)),
                 }
             }
-            if object::is_deleting(obj) && finalizers == object::finalizers(obj) {
+            // A repeated delete may only shorten the grace period, as upstream's
+            // graceful deletion has it (a node agent finishing with grace 0).
+            let current_grace = obj["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            let shortens = current_grace.is_some_and(|current| grace < current);
+            if object::is_deleting(obj) && finalizers == object::finalizers(obj) && !shortens {
                 return Ok(obj.clone());
             }
             let mut marked = obj.clone();
@@ -474,7 +483,7 @@ impl Rest {
             object::set_finalizers(&mut marked, &finalizers);
             {
                 let meta = object::meta_mut(&mut marked);
-                if !meta.contains_key("deletionTimestamp") {
+                if !meta.contains_key("deletionTimestamp") || shortens {
                     meta.insert(
                         "deletionTimestamp".into(),
                         json!(object::format_time(deadline)),

@@ -41,6 +41,9 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
     if rt.has_status && root.contains_key("spec") && rt.kind != "Namespace" && rt.kind != "Node" {
         object::meta_mut(obj).insert("generation".into(), json!(1));
     }
+    if (rt.group, rt.kind) == ("apps", "DaemonSet") {
+        set_template_generation(obj, None);
+    }
 }
 
 /// Carries over from `old` what a write through `subresource` may not change.
@@ -107,6 +110,9 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
             }
         }
     }
+    if (rt.group, rt.kind) == ("apps", "DaemonSet") {
+        set_template_generation(new, Some(old));
+    }
     if rt.has_status && spec_changed(new, old) {
         let generation = old_meta
             .get("generation")
@@ -114,6 +120,49 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
             .unwrap_or(0);
         object::meta_mut(new).insert("generation".into(), json!(generation + 1));
     }
+}
+
+/// Where `apps/v1` keeps a DaemonSet's template generation (upstream's
+/// internal `spec.templateGeneration`), which its controller stamps on pods.
+pub const TEMPLATE_GENERATION_ANNOTATION: &str = "deprecated.daemonset.template.generation";
+
+/// A DaemonSet's template generation, as upstream's strategy keeps it: at
+/// least 1 on create; on update the stored one, plus one when
+/// `spec.template` changed. Clients cannot set it otherwise.
+fn set_template_generation(new: &mut Value, old: Option<&Value>) {
+    let read = |obj: &Value| {
+        obj["metadata"]["annotations"][TEMPLATE_GENERATION_ANNOTATION]
+            .as_str()
+            .and_then(|g| g.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let generation = match old {
+        None => read(new).max(1),
+        Some(old) => {
+            // Compare with the template as it will be stored (defaulted).
+            let mut defaulted = new.clone();
+            skiff_api::defaults::apply_defaults("apps", "DaemonSet", &mut defaulted);
+            if defaulted["spec"]["template"] == old["spec"]["template"] {
+                read(old)
+            } else {
+                read(old) + 1
+            }
+        }
+    };
+    let meta = object::meta_mut(new);
+    if generation <= 0 {
+        if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.remove(TEMPLATE_GENERATION_ANNOTATION);
+        }
+        return;
+    }
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !annotations.is_object() {
+        *annotations = Value::Object(Map::new());
+    }
+    annotations[TEMPLATE_GENERATION_ANNOTATION] = json!(generation.to_string());
 }
 
 /// The fields a write through `subresource` may change; everything else
@@ -331,6 +380,35 @@ mod tests {
         prepare_update(rt, Some("status"), &mut new, &old);
         assert_eq!(new["status"]["phase"], "Active");
         assert_eq!(new["spec"]["finalizers"], json!(["kubernetes"]));
+    }
+
+    #[test]
+    fn daemon_set_template_generation_follows_template_changes() {
+        let rt = skiff_api::registry::by_plural("apps", "v1", "daemonsets").unwrap();
+        let template = |image: &str| {
+            json!({"metadata": {"labels": {"app": "d"}},
+                   "spec": {"containers": [{"name": "c", "image": image}]}})
+        };
+        let mut created = json!({"metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": template("a:1")}});
+        prepare_create(rt, &mut created);
+        let generation =
+            |obj: &Value| obj["metadata"]["annotations"][TEMPLATE_GENERATION_ANNOTATION].clone();
+        assert_eq!(generation(&created), "1");
+        skiff_api::defaults::apply_defaults("apps", "DaemonSet", &mut created);
+
+        // Same template (as the client sends it, undefaulted), a forged
+        // annotation: the stored generation stays.
+        let mut same = json!({"metadata": {"name": "d", "labels": {"x": "y"},
+            "annotations": {TEMPLATE_GENERATION_ANNOTATION: "9"}},
+            "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": template("a:1")}});
+        prepare_update(rt, None, &mut same, &created);
+        assert_eq!(generation(&same), "1");
+
+        let mut changed = json!({"metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": template("a:2")}});
+        prepare_update(rt, None, &mut changed, &created);
+        assert_eq!(generation(&changed), "2");
     }
 
     #[test]

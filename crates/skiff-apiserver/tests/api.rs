@@ -644,6 +644,41 @@ async fn finalizers_hold_deletion_until_removed() {
 }
 
 #[tokio::test]
+async fn a_second_delete_may_shorten_the_grace_period_of_a_held_pod() {
+    let api = Api::new().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "held", "finalizers": ["example.com/hold"]},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]},
+    });
+    api.post(pods, pod).await;
+    let uri = format!("{pods}/held");
+    let (status, deleting) = api
+        .call("DELETE", &uri, "application/json", Value::Null)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleting}");
+    assert_eq!(deleting["metadata"]["deletionGracePeriodSeconds"], 30);
+    let now = json!({"gracePeriodSeconds": 0});
+    let (status, shortened) = api.call("DELETE", &uri, "application/json", now).await;
+    assert_eq!(status, StatusCode::OK, "{shortened}");
+    assert_eq!(shortened["metadata"]["deletionGracePeriodSeconds"], 0);
+    let longer = json!({"gracePeriodSeconds": 60});
+    let (_, kept) = api.call("DELETE", &uri, "application/json", longer).await;
+    assert_eq!(
+        kept["metadata"]["deletionGracePeriodSeconds"], 0,
+        "never lengthened"
+    );
+    let patch = json!({"metadata": {"finalizers": null}});
+    let (status, body) = api
+        .call("PATCH", &uri, "application/merge-patch+json", patch)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = api.get(&uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "gone once the finalizer is");
+}
+
+#[tokio::test]
 async fn watches_end_after_timeout_seconds() {
     let api = Api::new().await;
     let request = Request::builder()

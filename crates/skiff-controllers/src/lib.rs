@@ -36,35 +36,46 @@
 //!
 //! # Controllers
 //!
+//! - [`cronjob`]: creates a Job each time a CronJob's schedule fires.
 //! - [`daemonset`]: one pod on every eligible node, rolled through
 //!   ControllerRevisions.
 //! - [`deployment`]: rolls a pod template out through ReplicaSets
 //!   (RollingUpdate or Recreate), with revision history and rollout status.
+//! - [`disruption`]: counts the healthy pods under each PodDisruptionBudget
+//!   and how many evictions it allows.
 //! - [`endpoints`]: keeps the legacy v1 Endpoints of each Service with a
 //!   selector.
 //! - [`endpointslice`]: publishes the pods behind each Service with a selector
 //!   as EndpointSlices.
+//! - [`job`]: runs a Job's pods to completion, counting them with
+//!   finalizers; [`job::ttl`] deletes finished Jobs after their TTL.
 //! - [`node_ipam`]: gives each Node a pod CIDR from the cluster CIDR.
 //! - [`node_lifecycle`]: marks Nodes that stop heartbeating Unknown, taints
 //!   unhealthy Nodes and evicts the pods that do not tolerate NoExecute taints.
 //! - [`replicaset`]: keeps a ReplicaSet's pods at `spec.replicas`.
+//! - [`resourcequota`]: recounts each ResourceQuota's `status.used` from the
+//!   objects of its namespace, so deletions give quota back.
 //! - [`serviceaccount`]: the `default` ServiceAccount and the
 //!   `kube-root-ca.crt` ConfigMap in every namespace.
 //! - [`statefulset`]: ordered pods with stable names and storage, rolled
 //!   through ControllerRevisions.
 #![warn(missing_docs)]
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod expectations;
 pub mod informer;
+pub mod job;
 pub mod manager;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;

@@ -5,14 +5,18 @@ use futures::FutureExt;
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::cronjob::{self, CronJobConfig};
 use crate::daemonset::{self, DaemonSetConfig};
 use crate::deployment::{self, DeploymentConfig};
+use crate::disruption::{self, DisruptionConfig};
 use crate::endpoints::{self, EndpointsConfig};
 use crate::endpointslice::{self, EndpointSliceConfig};
 use crate::informer::InformerFactory;
+use crate::job::{self, JobConfig};
 use crate::node_ipam::{self, NodeIpamConfig, NodeIpamError};
 use crate::node_lifecycle::{self, NodeLifecycleConfig};
 use crate::replicaset::{self, ReplicaSetConfig};
+use crate::resourcequota::{self, ResourceQuotaConfig};
 use crate::serviceaccount::{self, RootCaConfig, ServiceAccountConfig};
 use crate::statefulset::{self, StatefulSetConfig};
 
@@ -31,6 +35,14 @@ pub struct ControllerManagerConfig {
     pub deployment: DeploymentConfig,
     /// StatefulSets.
     pub statefulset: StatefulSetConfig,
+    /// Jobs.
+    pub job: JobConfig,
+    /// CronJobs.
+    pub cronjob: CronJobConfig,
+    /// ResourceQuota usage.
+    pub resourcequota: ResourceQuotaConfig,
+    /// PodDisruptionBudget status.
+    pub disruption: DisruptionConfig,
     /// EndpointSlices of Services.
     pub endpointslice: EndpointSliceConfig,
     /// Legacy Endpoints of Services.
@@ -91,6 +103,35 @@ pub async fn run(
             &mut factory,
             client.clone(),
             config.statefulset,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        job::start(
+            &mut factory,
+            client.clone(),
+            config.job,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        job::ttl::start(&mut factory, client.clone(), shutdown.child_token()).boxed(),
+        cronjob::start(
+            &mut factory,
+            client.clone(),
+            config.cronjob,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        resourcequota::start(
+            &mut factory,
+            client.clone(),
+            config.resourcequota,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        disruption::start(
+            &mut factory,
+            client.clone(),
+            config.disruption,
             shutdown.child_token(),
         )
         .boxed(),

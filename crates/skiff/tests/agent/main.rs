@@ -5,8 +5,10 @@
 
 mod util;
 
+mod batch;
 mod failures;
 mod lifecycle;
+mod policy;
 mod registry;
 mod static_pods;
 mod streaming;
