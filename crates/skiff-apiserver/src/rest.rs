@@ -176,6 +176,7 @@ impl Rest {
         }
         skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut obj);
         skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
+        admission::priority(self, rt, &name, &mut obj).await?;
         admission::limit_ranges(self, rt, &mut obj).await?;
         if rt.group == "batch" && rt.kind == "Job" {
             skiff_api::defaults::generate_job_selector(&mut obj);

@@ -1,5 +1,5 @@
-//! The built-in admission plugins that depend on other objects: LimitRanger,
-//! ResourceQuota, and the PodDisruptionBudget check of pod eviction.
+//! The built-in admission plugins that depend on other objects: Priority,
+//! LimitRanger, ResourceQuota, and the PodDisruptionBudget check of pod eviction.
 //!
 //! Defaulting and validation look at one object alone; these look at the
 //! namespace around it, so they run inside [`Rest::create`] at upstream's
@@ -17,6 +17,7 @@
 
 pub mod eviction;
 pub mod limit_range;
+pub mod priority;
 pub mod quota;
 
 #[cfg(test)]
@@ -53,6 +54,31 @@ async fn list_current(
         .iter()
         .map(|kv| rest::decode(rt, kv).map(|cached| cached.object.clone()))
         .collect()
+}
+
+/// Priority on a new pod: its PriorityClass, read from the store.
+pub async fn priority(
+    rest: &Rest,
+    rt: &'static ResourceType,
+    name: &str,
+    obj: &mut Value,
+) -> ApiResult<()> {
+    if (rt.group, rt.kind) != ("", "Pod") {
+        return Ok(());
+    }
+    let classes = resource("scheduling.k8s.io", "priorityclasses");
+    let prefix = object_key(classes, None, "");
+    let page = rest
+        .store()
+        .range(RangeRequest::prefix(&prefix))
+        .await
+        .map_err(|e| ApiError::internal(format!("listing priorityclasses: {e}")))?;
+    let classes: Vec<Value> = page
+        .kvs
+        .iter()
+        .map(|kv| rest::decode(classes, kv).map(|cached| cached.object.clone()))
+        .collect::<ApiResult<_>>()?;
+    priority::admit(rt, name, obj, &classes)
 }
 
 /// LimitRanger on a new object: fills in a pod's container defaults from
