@@ -75,8 +75,8 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
         "nodes registered",
         "create pods/s",
         "bound pods/s",
-        "create→bound p50",
-        "create→bound p99",
+        "create→bound p50 (ms)",
+        "create→bound p99 (ms)",
         "server RSS",
         "deployment all available",
     ]);
