@@ -193,10 +193,28 @@ impl TestCluster {
 
     /// Create a namespace with a name unique in this cluster, starting with
     /// `prefix`; it is deleted (without waiting) when the guard is dropped.
+    /// Like upstream's e2e framework, it returns once the controllers have
+    /// populated it (the `default` ServiceAccount and `kube-root-ca.crt`),
+    /// so tests see the namespace as users do.
     pub fn namespace(&self, prefix: &str) -> TestNamespace<'_> {
         let n = self.namespaces.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}-{n}");
         self.kubectl_ok(&["create", "namespace", &name]);
+        crate::eventually(
+            "the namespace's default ServiceAccount and kube-root-ca.crt",
+            NAMESPACE_READY_TIMEOUT,
+            || {
+                self.kubectl(&[
+                    "get",
+                    "serviceaccount/default",
+                    "configmap/kube-root-ca.crt",
+                    "-n",
+                    &name,
+                ])
+                .status
+                .success()
+            },
+        );
         TestNamespace {
             cluster: self,
             name,
@@ -400,6 +418,10 @@ pub struct TestNamespace<'a> {
     cluster: &'a TestCluster,
     name: String,
 }
+
+/// How long a new namespace may take to be populated; a restarted server's
+/// controllers wait up to a lease duration (15 s) for leadership first.
+const NAMESPACE_READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
 
 impl TestNamespace<'_> {
     /// The namespace's name.

@@ -22,7 +22,7 @@ async fn client() -> Client {
 
 fn configmap(name: &str, value: &str) -> ConfigMap {
     serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {"test": "kube-rs"}},
         "data": {"value": value},
     }))
     .unwrap()
@@ -36,8 +36,11 @@ async fn watcher_sees_every_change(strategy: InitialListStrategy) {
     api.create(&PostParams::default(), &configmap("pre-existing", "0"))
         .await
         .unwrap();
+    // Only this test's ConfigMaps: the namespace also gets kube-root-ca.crt
+    // from the root CA publisher, at a moment of its choosing.
     let config = watcher::Config {
         initial_list_strategy: strategy,
+        label_selector: Some("test=kube-rs".into()),
         ..Default::default()
     };
     let mut events = watcher::watcher(api.clone(), config).boxed();

@@ -50,7 +50,12 @@ fn table_columns_for_configmaps() {
     let plain = rows.iter().find(|r| r[0] == "plain").expect(&out);
     assert_eq!(plain[1], "0", "{out}");
     // Rows come sorted by name, as the server lists them.
-    assert_eq!(names(&out), ["db-config", "plain", "web-config"], "{out}");
+    // Every namespace also holds the cluster CA, as upstream publishes it.
+    assert_eq!(
+        names(&out),
+        ["db-config", "kube-root-ca.crt", "plain", "web-config"],
+        "{out}"
+    );
 
     let out = c.kubectl_ok(&[
         "get",
@@ -200,13 +205,14 @@ fn yaml_json_name_and_template_outputs() {
 
     let list = get_json(&["get", "cm", "-n", ns.name()]);
     assert_eq!(list["kind"], "List");
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(3), "{list}");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(4), "{list}");
 
     let out = c.kubectl_ok(&["get", "cm", "-n", ns.name(), "-o", "name"]);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [
             "configmap/db-config",
+            "configmap/kube-root-ca.crt",
             "configmap/plain",
             "configmap/web-config"
         ]
@@ -236,6 +242,7 @@ fn yaml_json_name_and_template_outputs() {
         [
             vec!["N", "A"],
             vec!["db-config", "1"],
+            vec!["kube-root-ca.crt", "<none>"],
             vec!["plain", "<none>"],
             vec!["web-config", "1"]
         ],
@@ -252,11 +259,14 @@ fn label_selectors() {
         |selector: &str| names(&c.kubectl_ok(&["get", "cm", "-n", ns.name(), "-l", selector]));
 
     assert_eq!(get("app=web"), ["web-config"]);
-    assert_eq!(get("app!=web"), ["db-config", "plain"]);
+    assert_eq!(get("app!=web"), ["db-config", "kube-root-ca.crt", "plain"]);
     assert_eq!(get("tier in (front,back)"), ["db-config", "web-config"]);
-    assert_eq!(get("tier notin (front)"), ["db-config", "plain"]);
+    assert_eq!(
+        get("tier notin (front)"),
+        ["db-config", "kube-root-ca.crt", "plain"]
+    );
     assert_eq!(get("app"), ["db-config", "web-config"]);
-    assert_eq!(get("!app"), ["plain"]);
+    assert_eq!(get("!app"), ["kube-root-ca.crt", "plain"]);
     assert_eq!(get("app=db,tier=back"), ["db-config"]);
 
     let out = c.kubectl_ok(&["get", "cm", "-n", ns.name(), "-l", "app=nothing"]);
@@ -294,7 +304,7 @@ fn field_selectors() {
         "--field-selector",
         "metadata.name!=plain",
     ]);
-    assert_eq!(names(&out), ["db-config", "web-config"]);
+    assert_eq!(names(&out), ["db-config", "kube-root-ca.crt", "web-config"]);
 
     c.kubectl_ok(&[
         "create",
