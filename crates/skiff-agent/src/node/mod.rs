@@ -9,8 +9,9 @@
 //!   lifecycle controller watches (`holderIdentity` = node name,
 //!   `leaseDurationSeconds`, `renewTime`, owned by the Node so it goes with
 //!   it);
-//! - computes the status ([`status`]) and patches it when it changed, or at
-//!   least every [`STATUS_REPORT_INTERVAL`]. Upstream's
+//! - computes the status ([`status`]) and patches it when it changed, when
+//!   the API shows other conditions (the node lifecycle controller marks a
+//!   silent node Unknown), or at least every [`STATUS_REPORT_INTERVAL`]. Upstream's
 //!   `nodeStatusReportFrequency` is 5 minutes; Skiff reports every minute so
 //!   that `lastHeartbeatTime` in `kubectl describe node` stays recent.
 //!
@@ -331,7 +332,7 @@ impl StatusReporter {
             .last_report
             .as_ref()
             .is_none_or(|(last, at)| *last != news || at.elapsed() >= STATUS_REPORT_INTERVAL);
-        if !due {
+        if !due && self.api_agrees(name, &status).await {
             return;
         }
         // Strategic merge: conditions and addresses merge by `type`, so
@@ -352,6 +353,20 @@ impl StatusReporter {
             }
             Err(error) => tracing::warn!(node = name, %error, "reporting node status"),
         }
+    }
+}
+
+impl StatusReporter {
+    /// True unless the API shows conditions other than ours, as after the
+    /// node lifecycle controller marked the node Unknown while it was cut
+    /// off; upstream's kubelet compares with the API on every sync, too.
+    async fn api_agrees(&self, name: &str, status: &NodeStatus) -> bool {
+        let Ok(node) = self.nodes.get_status(name).await else {
+            // Unreadable: the next report is still due by the interval.
+            return true;
+        };
+        let shown = node.status.and_then(|s| s.conditions).unwrap_or_default();
+        status::conditions_agree(status.conditions.as_deref().unwrap_or_default(), &shown)
     }
 }
 

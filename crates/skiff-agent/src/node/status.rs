@@ -325,6 +325,16 @@ pub fn without_heartbeats(status: &NodeStatus) -> NodeStatus {
     status
 }
 
+/// True if every condition the agent reports has the same status in what
+/// the API shows (conditions owned by others are not compared).
+pub fn conditions_agree(ours: &[NodeCondition], shown: &[NodeCondition]) -> bool {
+    ours.iter().all(|mine| {
+        shown
+            .iter()
+            .any(|theirs| theirs.type_ == mine.type_ && theirs.status == mine.status)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -590,5 +600,30 @@ mod tests {
         };
         let third = node_status(&config(), &machine, &pressured, &previous, at(20));
         assert_ne!(without_heartbeats(&first), without_heartbeats(&third));
+    }
+
+    #[test]
+    fn conditions_disagree_when_the_api_shows_another_status() {
+        let condition = |type_: &str, status: &str| NodeCondition {
+            type_: type_.into(),
+            status: status.into(),
+            ..NodeCondition::default()
+        };
+        let ours = [
+            condition("Ready", "True"),
+            condition("DiskPressure", "False"),
+        ];
+        let same = [
+            condition("DiskPressure", "False"),
+            condition("Ready", "True"),
+            condition("NetworkUnavailable", "False"),
+        ];
+        assert!(conditions_agree(&ours, &same));
+        let unknown = [
+            condition("Ready", "Unknown"),
+            condition("DiskPressure", "False"),
+        ];
+        assert!(!conditions_agree(&ours, &unknown));
+        assert!(!conditions_agree(&ours, &[condition("Ready", "True")]));
     }
 }

@@ -299,3 +299,28 @@ spec:
         0
     );
 }
+
+#[test]
+fn the_agent_corrects_a_node_status_it_did_not_write() {
+    let c = cluster();
+    crate::util::wait_node_ready();
+    // What the node lifecycle controller writes when heartbeats stop.
+    let patch = r#"{"status":{"conditions":[{"type":"Ready","status":"Unknown","reason":"NodeStatusUnknown","message":"Kubelet stopped posting node status."}]}}"#;
+    c.kubectl_ok(&[
+        "patch",
+        "node",
+        NODE_NAME,
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        patch,
+    ]);
+    // The next heartbeat (10 s) reports Ready again, not the 60 s report.
+    eventually("the node Ready again", Duration::from_secs(25), || {
+        let node = c.get_json(&["get", "node", NODE_NAME]);
+        node["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+    });
+}
