@@ -7,12 +7,17 @@ use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector as MetaLabelSelector, ObjectMeta, OwnerReference,
 };
-use kube::{Resource, ResourceExt};
+use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::{Api, Resource, ResourceExt};
 use skiff_api::selector::LabelSelector;
+use skiff_client::events::{EventRecorder, EventType};
+
+use crate::runtime::api_message;
 
 /// The characters upstream's `generateName` appends: no vowels, no
 /// look-alikes, so generated names never spell words.
@@ -67,6 +72,62 @@ pub fn pod_from_template(
         },
         spec: template.spec.clone(),
         status: None,
+    }
+}
+
+/// Creates `pod` for its controller `owner`, recording upstream's
+/// `SuccessfulCreate` or `FailedCreate` event on the owner. Callers track
+/// the create in their expectations.
+pub async fn create_owned_pod(
+    api: &Api<Pod>,
+    recorder: &EventRecorder,
+    owner: &ObjectReference,
+    pod: &Pod,
+) -> Result<(), kube::Error> {
+    let name = pod.name_any();
+    match api.create(&PostParams::default(), pod).await {
+        Ok(_) => {
+            let message = format!("Created pod: {name}");
+            recorder.record(owner, EventType::Normal, "SuccessfulCreate", &message);
+            Ok(())
+        }
+        Err(error) => {
+            let message = format!("Error creating: {}", api_message(&error));
+            recorder.record(owner, EventType::Warning, "FailedCreate", &message);
+            Err(error)
+        }
+    }
+}
+
+/// Deletes `pod` for its controller `owner`, guarded by the pod's UID (a
+/// new pod of the same name is never hit), recording `SuccessfulDelete` or
+/// `FailedDelete`. A pod already gone counts as deleted.
+pub async fn delete_owned_pod(
+    api: &Api<Pod>,
+    recorder: &EventRecorder,
+    owner: &ObjectReference,
+    pod: &Pod,
+) -> Result<(), kube::Error> {
+    let name = pod.name_any();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {
+            let message = format!("Deleted pod: {name}");
+            recorder.record(owner, EventType::Normal, "SuccessfulDelete", &message);
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => {
+            let message = format!("Error deleting: {}", api_message(&error));
+            recorder.record(owner, EventType::Warning, "FailedDelete", &message);
+            Err(error)
+        }
     }
 }
 

@@ -42,6 +42,15 @@ impl Clock for SystemClock {
     }
 }
 
+/// The message of an API error as events and conditions quote it: the
+/// Status message for API refusals, the error itself otherwise.
+pub fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Per-object failure counts, for exponential retry delays.
 #[derive(Debug, Default)]
 struct Retries {

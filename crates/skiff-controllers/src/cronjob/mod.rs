@@ -43,6 +43,7 @@ use skiff_client::events::{EventRecorder, EventType};
 use tokio_util::sync::CancellationToken;
 
 use crate::informer::{Informer, InformerFactory, controller_uid};
+use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
 
 pub use plan::{
@@ -363,12 +364,5 @@ async fn write_status(
             name: cronjob.name_any(),
             source,
         }),
-    }
-}
-
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
     }
 }

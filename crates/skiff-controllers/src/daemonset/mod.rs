@@ -34,7 +34,7 @@ use futures::{Stream, StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec, Taint};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -742,27 +742,12 @@ async fn create_pods(
             let pod = new_pod(ds, hash, node, name.clone());
             let uid = &uid;
             async move {
-                match api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {
-                        ctx.recorder.record(
-                            &ds.object_ref(&()),
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            &format!("Created pod: {name}"),
-                        );
-                        Ok(())
-                    }
-                    Err(source) => {
+                pods::create_owned_pod(api, &ctx.recorder, &ds.object_ref(&()), &pod)
+                    .await
+                    .map_err(|source| {
                         ctx.expectations.write_failed(uid, &name);
-                        ctx.recorder.record(
-                            &ds.object_ref(&()),
-                            EventType::Warning,
-                            "FailedCreate",
-                            &format!("Error creating: {}", api_message(&source)),
-                        );
-                        Err(api_error("create pod", name)(source))
-                    }
-                }
+                        api_error("create pod", name)(source)
+                    })
             }
         });
         let results = futures::future::join_all(creates).await;
@@ -784,43 +769,10 @@ async fn delete_pod(
     let uid = ds.uid().unwrap_or_default();
     let name = pod.name_any();
     ctx.expectations.expect_delete(&uid, &name);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => {
-            ctx.recorder.record(
-                &ds.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulDelete",
-                &format!("Deleted pod: {name}"),
-            );
-            Ok(())
-        }
-        Err(error) if is_not_found(&error) => {
+    pods::delete_owned_pod(api, &ctx.recorder, &ds.object_ref(&()), pod)
+        .await
+        .map_err(|source| {
             ctx.expectations.write_failed(&uid, &name);
-            Ok(())
-        }
-        Err(source) => {
-            ctx.expectations.write_failed(&uid, &name);
-            ctx.recorder.record(
-                &ds.object_ref(&()),
-                EventType::Warning,
-                "FailedDelete",
-                &format!("Error deleting: {}", api_message(&source)),
-            );
-            Err(api_error("delete pod", name)(source))
-        }
-    }
-}
-
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
-    }
+            api_error("delete pod", name)(source)
+        })
 }

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::informer::{Informer, InformerFactory, controller_uid};
 use crate::pods::{self, controller_reference};
+use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
 
 pub mod hash;
@@ -566,12 +567,5 @@ async fn write_status(
             &d.name_any(),
             e,
         )),
-    }
-}
-
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
     }
 }

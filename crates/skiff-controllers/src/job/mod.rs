@@ -52,7 +52,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -444,31 +444,16 @@ async fn create_pods(
             ctx.creates.expect_create(&uid, &name);
             let uid = &uid;
             async move {
-                match api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {
-                        ctx.recorder.record(
-                            &job.object_ref(&()),
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            &format!("Created pod: {name}"),
-                        );
-                        Ok(())
-                    }
-                    Err(source) => {
+                pods::create_owned_pod(api, &ctx.recorder, &job.object_ref(&()), &pod)
+                    .await
+                    .map_err(|source| {
                         ctx.creates.write_failed(uid, &name);
-                        ctx.recorder.record(
-                            &job.object_ref(&()),
-                            EventType::Warning,
-                            "FailedCreate",
-                            &format!("Error creating: {}", api_message(&source)),
-                        );
-                        Err(ReconcileError {
+                        ReconcileError {
                             action: "create pod",
                             name,
                             source,
-                        })
-                    }
-                }
+                        }
+                    })
             }
         });
         let results = futures::future::join_all(creates).await;
@@ -497,39 +482,16 @@ async fn delete_pod(
         remove_tracking_finalizer(api, pod).await?;
         ctx.deletes.expect_delete(&uid, &name);
     }
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => {
-            ctx.recorder.record(
-                &job.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulDelete",
-                &format!("Deleted pod: {name}"),
-            );
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => {
+    pods::delete_owned_pod(api, &ctx.recorder, &job.object_ref(&()), pod)
+        .await
+        .map_err(|source| {
             ctx.deletes.write_failed(&uid, &name);
-            ctx.recorder.record(
-                &job.object_ref(&()),
-                EventType::Warning,
-                "FailedDelete",
-                &format!("Error deleting: {}", api_message(&source)),
-            );
-            Err(ReconcileError {
+            ReconcileError {
                 action: "delete pod",
                 name,
                 source,
-            })
-        }
-    }
+            }
+        })
 }
 
 /// Removes the tracking finalizer with a strategic merge patch, which
@@ -587,13 +549,6 @@ async fn write_status(
             name: job.name_any(),
             source,
         }),
-    }
-}
-
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -19,17 +19,18 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use skiff_client::events::{EventRecorder, EventType};
+use skiff_client::events::EventRecorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::expectations::{Expectations, InFlight};
 use crate::informer::{Informer, InformerFactory, controller_uid};
 use crate::pods::{self, controller_reference, deletion_order, generate_name};
+use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
 
 #[cfg(test)]
@@ -286,32 +287,16 @@ async fn create_pods(
             let pod = pods::pod_from_template(template, &namespace, name, &prefix, owner.clone());
             let uid = &uid;
             async move {
-                let name = pod.name_any();
-                match api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => {
-                        ctx.recorder.record(
-                            &rs.object_ref(&()),
-                            EventType::Normal,
-                            "SuccessfulCreate",
-                            &format!("Created pod: {name}"),
-                        );
-                        Ok(())
-                    }
-                    Err(source) => {
-                        ctx.expectations.write_failed(uid, &name);
-                        ctx.recorder.record(
-                            &rs.object_ref(&()),
-                            EventType::Warning,
-                            "FailedCreate",
-                            &format!("Error creating: {}", api_message(&source)),
-                        );
-                        Err(ReconcileError {
+                pods::create_owned_pod(api, &ctx.recorder, &rs.object_ref(&()), &pod)
+                    .await
+                    .map_err(|source| {
+                        ctx.expectations.write_failed(uid, &pod.name_any());
+                        ReconcileError {
                             action: "create pod",
-                            name,
+                            name: pod.name_any(),
                             source,
-                        })
-                    }
-                }
+                        }
+                    })
             }
         });
         let results = futures::future::join_all(creates).await;
@@ -333,33 +318,16 @@ async fn delete_pod(
     let uid = rs.uid().unwrap_or_default();
     let name = pod.name_any();
     ctx.expectations.expect_delete(&uid, &name);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => {
-            ctx.recorder.record(
-                &rs.object_ref(&()),
-                EventType::Normal,
-                "SuccessfulDelete",
-                &format!("Deleted pod: {name}"),
-            );
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => {
+    pods::delete_owned_pod(api, &ctx.recorder, &rs.object_ref(&()), pod)
+        .await
+        .map_err(|source| {
             ctx.expectations.write_failed(&uid, &name);
-            Err(ReconcileError {
+            ReconcileError {
                 action: "delete pod",
                 name,
                 source,
-            })
-        }
-    }
+            }
+        })
 }
 
 /// Makes `owner` the pod's controller, or removes its controller reference
@@ -431,13 +399,6 @@ fn set_failure_condition(
         }
     }
     status.conditions = (!conditions.is_empty()).then_some(conditions);
-}
-
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
-    }
 }
 
 async fn write_status(

@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use crate::expectations::Expectations;
 use crate::informer::{Informer, InformerFactory, controller_uid};
 use crate::pods::{self, controller_reference};
+use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
 use identity::{ordinal, parent_and_ordinal, revision_of};
 use plan::{Observed, Plan, Revision, Revisions, Step};
@@ -114,13 +115,6 @@ fn api_error(
 
 fn is_status(error: &kube::Error, code: u16) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == code)
-}
-
-fn api_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message.clone(),
-        other => other.to_string(),
-    }
 }
 
 struct Context {
