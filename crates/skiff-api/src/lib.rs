@@ -15,5 +15,6 @@ pub mod printers;
 pub mod quantity;
 pub mod quota;
 pub mod registry;
+pub mod scheduling;
 pub mod selector;
 pub mod validation;

@@ -18,9 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm, Taint, Toleration};
+
+pub use skiff_api::scheduling::{tolerated, tolerates};
 
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
 use crate::{inter_pod_affinity, pod_topology_spread};
@@ -146,35 +146,6 @@ fn tolerations(pod: &PodInfo) -> &[Toleration] {
         .unwrap_or_default()
 }
 
-/// Whether `toleration` tolerates `taint`, by upstream's rules: an empty
-/// effect matches every effect, an empty key with `Exists` matches every
-/// taint, `Equal` (or no operator) compares values.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty())
-        && key != taint.key
-    {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or_default() {
-        "Exists" => true,
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
-/// Whether any of `tolerations` tolerates `taint`.
-pub fn tolerated(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| tolerates(t, taint))
-}
-
 /// `NodeUnschedulable`: a cordoned node takes only pods that tolerate the
 /// `node.kubernetes.io/unschedulable:NoSchedule` taint.
 pub fn node_unschedulable(pod: &PodInfo, node: &Node) -> FilterResult {
@@ -258,62 +229,11 @@ fn node_labels(node: &Node) -> &BTreeMap<String, String> {
     node.metadata.labels.as_ref().unwrap_or(&EMPTY)
 }
 
-/// One `matchExpressions` requirement against node labels.
-fn label_requirement_matches(
-    req: &NodeSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let values = req.values.as_deref().unwrap_or_default();
-    let label = labels.get(&req.key);
-    match req.operator.as_str() {
-        "In" => label.is_some_and(|v| values.contains(v)),
-        "NotIn" => label.is_none_or(|v| !values.contains(v)),
-        "Exists" => label.is_some(),
-        "DoesNotExist" => label.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let [bound] = values else { return false };
-            let (Ok(bound), Some(Ok(have))) =
-                (bound.parse::<i64>(), label.map(|v| v.parse::<i64>()))
-            else {
-                return false;
-            };
-            if op == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// One `matchFields` requirement; only `metadata.name` with `In`/`NotIn` is
-/// valid, anything else matches nothing.
-fn field_requirement_matches(req: &NodeSelectorRequirement, node_name: &str) -> bool {
-    if req.key != "metadata.name" {
-        return false;
-    }
-    let values = req.values.as_deref().unwrap_or_default();
-    let has = values.iter().any(|v| v == node_name);
-    match req.operator.as_str() {
-        "In" => has,
-        "NotIn" => !has,
-        _ => false,
-    }
-}
-
 /// Whether a node selector term matches: all of its requirements hold. An
 /// empty term matches nothing, as upstream.
 pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = node_labels(node);
     let name = node.metadata.name.as_deref().unwrap_or_default();
-    exprs.iter().all(|r| label_requirement_matches(r, labels))
-        && fields.iter().all(|r| field_requirement_matches(r, name))
+    skiff_api::scheduling::term_matches(term, node_labels(node), name)
 }
 
 /// `NodeAffinity`: `spec.nodeSelector` (every label equal) and the required
@@ -408,7 +328,8 @@ mod tests {
     use std::sync::Arc;
 
     use k8s_openapi::api::core::v1::{
-        Affinity, NodeAffinity, NodeCondition, NodeSelector, NodeSpec, NodeStatus, Pod,
+        Affinity, NodeAffinity, NodeCondition, NodeSelector, NodeSelectorRequirement, NodeSpec,
+        NodeStatus, Pod,
     };
 
     use super::*;

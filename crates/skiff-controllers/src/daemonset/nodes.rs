@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodSpec, PodTemplateSpec, Taint, Toleration,
+    PodSpec, PodTemplateSpec, Toleration,
 };
+use skiff_api::scheduling::{term_matches, tolerated};
 
 /// The field a `matchFields` requirement may name.
 const NODE_NAME_FIELD: &str = "metadata.name";
@@ -83,30 +84,6 @@ pub fn add_daemon_tolerations(spec: &mut PodSpec) {
     }
 }
 
-/// Whether `toleration` tolerates `taint`: an empty effect matches every
-/// effect, an empty key with `Exists` every key, and `Equal` (the default
-/// operator) compares values.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty())
-        && key != taint.key
-    {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or_default() {
-        "Exists" => true,
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
-
 /// Where a daemon pod may run or keep running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Eligibility {
@@ -157,8 +134,7 @@ impl NodeFit {
             .unwrap_or_default();
         let untolerated = |effects: &[&str]| {
             taints.iter().any(|taint| {
-                effects.contains(&taint.effect.as_str())
-                    && !self.tolerations.iter().any(|t| tolerates(t, taint))
+                effects.contains(&taint.effect.as_str()) && !tolerated(&self.tolerations, taint)
             })
         };
         if untolerated(&[NO_SCHEDULE, NO_EXECUTE]) {
@@ -189,59 +165,6 @@ impl NodeFit {
                 .required_terms
                 .as_ref()
                 .is_none_or(|terms| terms.iter().any(|t| term_matches(t, labels, name)))
-    }
-}
-
-/// A node selector term holds when all of its requirements do; an empty term
-/// matches nothing.
-fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name: &str) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs.iter().all(|r| label_requirement_matches(r, labels))
-        && fields.iter().all(|r| field_requirement_matches(r, name))
-}
-
-fn label_requirement_matches(
-    req: &NodeSelectorRequirement,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let values = req.values.as_deref().unwrap_or_default();
-    let label = labels.get(&req.key);
-    match req.operator.as_str() {
-        "In" => label.is_some_and(|v| values.contains(v)),
-        "NotIn" => label.is_none_or(|v| !values.contains(v)),
-        "Exists" => label.is_some(),
-        "DoesNotExist" => label.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let [bound] = values else { return false };
-            let (Ok(bound), Some(Ok(have))) =
-                (bound.parse::<i64>(), label.map(|v| v.parse::<i64>()))
-            else {
-                return false;
-            };
-            if op == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Only `metadata.name` with `In` or `NotIn` is a valid field requirement.
-fn field_requirement_matches(req: &NodeSelectorRequirement, name: &str) -> bool {
-    if req.key != NODE_NAME_FIELD {
-        return false;
-    }
-    let listed = req.values.iter().flatten().any(|v| v == name);
-    match req.operator.as_str() {
-        "In" => listed,
-        "NotIn" => !listed,
-        _ => false,
     }
 }
 
@@ -295,7 +218,7 @@ pub fn target_node(pod: &Pod) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(name: &str, labels: &[(&str, &str)], taints: &[(&str, &str)]) -> Node {
@@ -396,19 +319,6 @@ mod tests {
         assert_eq!(fit.eligibility(&node("n1", &[("zone", "b")], &[])), RUN);
         assert_eq!(fit.eligibility(&node("n2", &[("zone", "c")], &[])), NEVER);
         assert_eq!(fit.eligibility(&node("special", &[], &[])), RUN);
-    }
-
-    #[test]
-    fn expression_operators_follow_upstream() {
-        let labels = BTreeMap::from([("cores".to_string(), "8".to_string())]);
-        let holds = |r: NodeSelectorRequirement| label_requirement_matches(&r, &labels);
-        assert!(holds(requirement("cores", "Gt", &["4"])));
-        assert!(!holds(requirement("cores", "Lt", &["4"])));
-        assert!(holds(requirement("gpu", "DoesNotExist", &[])));
-        assert!(holds(requirement("gpu", "NotIn", &["x"])));
-        assert!(holds(requirement("cores", "Exists", &[])));
-        assert!(!holds(requirement("cores", "Gt", &["x"])));
-        assert!(!term_matches(&NodeSelectorTerm::default(), &labels, "n"));
     }
 
     #[test]

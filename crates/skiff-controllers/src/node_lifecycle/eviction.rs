@@ -21,8 +21,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, Taint, Toleration};
 use kube::ResourceExt;
 
-use super::taints::tolerates;
 use crate::pods;
+use skiff_api::scheduling::tolerates;
 
 /// A pod by namespace and name.
 pub type PodKey = (String, String);

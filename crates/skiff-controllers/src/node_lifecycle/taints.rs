@@ -16,7 +16,7 @@
 //! Taints are compared by key and effect, as upstream's `MatchTaint`.
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The taint of a node whose Ready condition is `False`.
@@ -190,27 +190,6 @@ pub fn remove_no_execute(taints: &[Taint]) -> TaintChange {
     }
 }
 
-/// Whether `toleration` tolerates `taint` (upstream's `ToleratesTaint`): an
-/// empty effect matches every effect, an empty key every key, `Exists`
-/// every value and `Equal` (the default operator) an equal value.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or("");
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("") {
-        "Exists" => true,
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,39 +289,6 @@ mod tests {
         );
         assert_eq!(result[1].time_added, Some(Time(at(10))));
         assert_eq!(result[2].time_added, Some(Time(at(3))));
-    }
-
-    #[test]
-    fn toleration_matching_follows_upstream_rules() {
-        let unreachable = taint(TAINT_UNREACHABLE, NO_EXECUTE, at(0));
-        let exists = |key: Option<&str>, effect: Option<&str>| Toleration {
-            key: key.map(Into::into),
-            effect: effect.map(Into::into),
-            operator: Some("Exists".into()),
-            ..Toleration::default()
-        };
-        assert!(tolerates(&exists(None, None), &unreachable));
-        assert!(tolerates(
-            &exists(Some(TAINT_UNREACHABLE), Some(NO_EXECUTE)),
-            &unreachable
-        ));
-        assert!(!tolerates(
-            &exists(Some(TAINT_UNREACHABLE), Some(NO_SCHEDULE)),
-            &unreachable
-        ));
-        assert!(!tolerates(
-            &exists(Some(TAINT_NOT_READY), None),
-            &unreachable
-        ));
-        let mut valued = taint("dedicated", NO_EXECUTE, at(0));
-        valued.value = Some("db".into());
-        let equal = |value: &str| Toleration {
-            key: Some("dedicated".into()),
-            value: Some(value.into()),
-            ..Toleration::default()
-        };
-        assert!(tolerates(&equal("db"), &valued));
-        assert!(!tolerates(&equal("web"), &valued));
     }
 
     #[test]
