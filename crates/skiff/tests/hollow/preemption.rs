@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use skiff_testing::eventually;
+
 use crate::fixture::{PREEMPTION, cluster, steady_nodes, total_nodes};
 use crate::util::{
     IMAGE, INSUFFICIENT_CPU, NODE_AFFINITY, apply, events_of, nodes_available, pod, wait_pod,
@@ -86,9 +88,15 @@ spec:
             .any(|e| e["reason"] == "FailedScheduling" && e["message"] == failed),
         "no FailedScheduling {failed:?}: {events:#?}"
     );
-    assert!(
-        events.iter().any(|e| e["reason"] == "Scheduled"
-            && e["message"] == format!("Successfully assigned {ns}/high to {node}")),
-        "{events:#?}"
+    // Events are recorded asynchronously, after the binding.
+    let scheduled = format!("Successfully assigned {ns}/high to {node}");
+    eventually(
+        "the Scheduled event of the preemptor",
+        Duration::from_secs(10),
+        || {
+            events_of(ns, "high")
+                .iter()
+                .any(|e| e["reason"] == "Scheduled" && e["message"] == scheduled.as_str())
+        },
     );
 }
