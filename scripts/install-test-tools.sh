@@ -26,8 +26,9 @@ print_paths() {
 }
 
 # A registry for the image-pull tests (Debian's distribution registry, run by
-# the tests on loopback, never as a service) and skopeo to push to it.
-test_packages=(docker-registry skopeo)
+# the tests on loopback, never as a service) and skopeo to push to it; curl
+# and openssl for the ingress tests (HTTPS with SNI, a test certificate).
+test_packages=(docker-registry skopeo curl openssl)
 missing=()
 for pkg in "${test_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

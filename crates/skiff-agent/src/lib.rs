@@ -6,12 +6,15 @@
 //!   CRI works on this kind of host and cannot collide with a system containerd.
 //! - [`objects`]: the seam through which env vars and volumes read ConfigMaps
 //!   and Secrets.
+//! - [`eviction`]: pods whose disk `emptyDir` outgrows its `sizeLimit` are
+//!   evicted, as upstream's eviction manager does.
 #![warn(missing_docs)]
 
 pub mod agent;
 pub mod config;
 pub mod containerd;
 pub mod downward;
+pub mod eviction;
 pub mod images;
 pub mod locate;
 pub mod logs;

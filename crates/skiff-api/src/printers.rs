@@ -31,8 +31,9 @@ pub(crate) use config::{
 pub(crate) use event::{EVENT_COLUMNS, core_event_row, events_v1_event_row};
 pub(crate) use network::{
     ENDPOINT_SLICE_COLUMNS, ENDPOINTS_COLUMNS, INGRESS_CLASS_COLUMNS, INGRESS_COLUMNS,
-    NETWORK_POLICY_COLUMNS, SERVICE_COLUMNS, endpoint_slice_row, endpoints_row, ingress_class_row,
-    ingress_row, network_policy_row, service_row,
+    IP_ADDRESS_COLUMNS, NETWORK_POLICY_COLUMNS, SERVICE_CIDR_COLUMNS, SERVICE_COLUMNS,
+    endpoint_slice_row, endpoints_row, ingress_class_row, ingress_row, ip_address_row,
+    network_policy_row, service_cidr_row, service_row,
 };
 pub(crate) use pod::{POD_COLUMNS, pod_row};
 pub(crate) use workload::{

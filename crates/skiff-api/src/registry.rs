@@ -271,6 +271,12 @@ mod tests {
                 json!({"spec": {"rules": [{"host": "example.com"}]}})
             }
             ("networking.k8s.io", "NetworkPolicy") => json!({"spec": {"podSelector": selector}}),
+            ("networking.k8s.io", "ServiceCIDR") => json!({"spec": {"cidrs": ["10.43.0.0/16"]},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "",
+                    "message": "Kubernetes default Service CIDR is ready",
+                    "lastTransitionTime": "2024-05-01T11:00:00Z"}]}}),
+            ("networking.k8s.io", "IPAddress") => json!({"spec": {"parentRef": {
+                "group": "", "resource": "services", "namespace": "default", "name": "sample"}}}),
             ("policy", "PodDisruptionBudget") => {
                 json!({"spec": {"minAvailable": 1, "selector": selector}})
             }
@@ -340,7 +346,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(all().len(), 30);
+        assert_eq!(all().len(), 32);
     }
 
     #[test]

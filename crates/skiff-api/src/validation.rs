@@ -12,6 +12,7 @@
 //! Above all, a valid object must never be refused: where upstream's rule depends on
 //! feature gates or on state this crate cannot see, the rule here is the lenient one.
 
+mod addresses;
 mod apps;
 mod batch;
 mod core;
@@ -83,6 +84,14 @@ fn rule_for(group: &str, kind: &str) -> Option<Rule> {
         ("networking.k8s.io", "Ingress") => rule(NS, sub, other::validate_ingress),
         ("networking.k8s.io", "IngressClass") => rule(CLUSTER, sub, other::validate_ingress_class),
         ("networking.k8s.io", "NetworkPolicy") => rule(NS, sub, other::validate_network_policy),
+        ("networking.k8s.io", "ServiceCIDR") => {
+            rule(CLUSTER, sub, addresses::validate_service_cidr)
+        }
+        ("networking.k8s.io", "IPAddress") => rule(
+            CLUSTER,
+            addresses::name_is_ip_address,
+            addresses::validate_ip_address,
+        ),
         ("storage.k8s.io", "StorageClass") => rule(CLUSTER, sub, other::validate_storage_class),
         ("policy", "PodDisruptionBudget") => rule(NS, sub, other::validate_pdb),
         ("scheduling.k8s.io", "PriorityClass") => {

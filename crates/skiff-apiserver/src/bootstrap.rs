@@ -1,8 +1,11 @@
 //! Objects the API server keeps in place itself: the `kubernetes` Service in
-//! `default`, with Endpoints and an EndpointSlice pointing at this server.
+//! `default` (at the first address of the default ServiceCIDR, reserved like
+//! any other Service's), with Endpoints and an EndpointSlice pointing at this
+//! server.
 
 use std::net::SocketAddr;
 
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use skiff_api::registry;
 
@@ -47,6 +50,9 @@ pub async fn ensure_api_service(rest: &Rest, advertise: SocketAddr) -> ApiResult
 }
 
 /// Creates `desired` if absent; with `refresh`, overwrites a stale copy.
+///
+/// Looks before creating: a create of the existing Service would reserve its
+/// address again first and fail with "already allocated", as upstream's does.
 async fn ensure(
     rest: &Rest,
     group: &str,
@@ -55,21 +61,26 @@ async fn ensure(
     refresh: bool,
 ) -> ApiResult<()> {
     let rt = registry::by_plural(group, "v1", plural).expect("bootstrap types are served");
-    let mut ctx = WriteContext::internal(MANAGER);
-    match rest
-        .create(rt, Some("default"), desired.clone(), &mut ctx)
-        .await
-    {
-        Ok(_) => return Ok(()),
-        Err(e) if e.reason == "AlreadyExists" && refresh => {}
-        Err(e) if e.reason == "AlreadyExists" => return Ok(()),
-        Err(e) => return Err(e),
-    }
     let at = ObjectRef {
         rt,
         namespace: Some("default"),
         name: "kubernetes",
     };
+    let mut ctx = WriteContext::internal(MANAGER);
+    match rest.get(at).await {
+        Ok(_) if !refresh => return Ok(()),
+        Ok(_) => {}
+        Err(e) if e.code == StatusCode::NOT_FOUND => match rest
+            .create(rt, Some("default"), desired.clone(), &mut ctx)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.reason == "AlreadyExists" && refresh => {}
+            Err(e) if e.reason == "AlreadyExists" => return Ok(()),
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e),
+    }
     rest.guaranteed_update(at, |current| {
         let mut new = desired.clone();
         new["metadata"] = current["metadata"].clone();

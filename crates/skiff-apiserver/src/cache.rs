@@ -220,7 +220,10 @@ impl WatchCache {
         loop {
             let page = self.store.range(request.clone()).await?;
             for kv in &page.kvs {
-                let Some(type_key) = key_type(&kv.key) else {
+                // Keys of no served type (the node port records under
+                // `/registry/ranges/`) are not objects.
+                let Some(type_key) = key_type(&kv.key).filter(|t| self.types.contains_key(t))
+                else {
                     continue;
                 };
                 match Cached::decode_for_cache(kv.key.clone(), &kv.value, kv.mod_revision) {

@@ -11,7 +11,6 @@ pub mod bootstrap;
 pub mod cache;
 pub mod discovery;
 pub mod error;
-pub mod gc;
 mod handlers;
 pub mod list;
 pub mod namespaces;
@@ -93,8 +92,9 @@ pub enum ServeError {
     KubeletClient(#[from] node_proxy::NodeProxyError),
 }
 
-/// Starts the API machinery over `store`: the watch cache and the built-in
-/// namespaces. Returns the REST layer, ready to serve.
+/// Starts the API machinery over `store`: the watch cache, the built-in
+/// namespaces, the default ServiceCIDR and the `kubernetes` Service, with the
+/// Service allocation repair. Returns the REST layer, ready to serve.
 pub async fn start(
     store: Arc<dyn Store>,
     advertise: SocketAddr,
@@ -103,9 +103,12 @@ pub async fn start(
     let cache = WatchCache::start(store, shutdown.clone()).await?;
     let rest = Arc::new(Rest::new(cache, advertise));
     namespaces::ensure_built_in(&rest).await?;
+    // Existing Services get their IPAddresses back before any new address
+    // is handed out, so an upgraded store keeps every Service's address.
+    services::ensure_default_service_cidr(&rest).await?;
+    services::repair(&rest).await?;
     bootstrap::ensure_api_service(&rest, advertise).await?;
-    tokio::spawn(namespaces::run_drainer(rest.clone(), shutdown.clone()));
-    tokio::spawn(gc::run(rest.clone(), shutdown));
+    tokio::spawn(services::run(rest.clone(), shutdown));
     Ok(rest)
 }
 

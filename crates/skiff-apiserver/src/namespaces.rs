@@ -1,25 +1,21 @@
-//! Namespace lifecycle: the built-in namespaces, and deletion that first
-//! empties the namespace (upstream's namespace controller, run in-process
-//! until the controller manager of a later issue takes it over).
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Namespaces as upstream's namespace registry keeps them: the built-in
+//! namespaces, and deletion that only marks a namespace `Terminating` while
+//! `spec.finalizers` is not empty. The namespace controller (in the
+//! controller manager) empties it and removes the `kubernetes` finalizer
+//! through the `finalize` subresource; the update that leaves no finalizer
+//! deletes the namespace ([`crate::strategy::ready_to_remove`]).
 
 use serde_json::{Value, json};
 use skiff_api::registry::{self, ResourceType};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiError, ApiResult};
 use crate::object;
 use crate::rest::{DeleteOptions, Mutation, ObjectRef, Rest, WriteContext};
-use crate::views;
 
 /// Namespaces that exist from the start.
 pub const BUILT_IN: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 /// Namespaces that may never be deleted.
 const UNDELETABLE: [&str; 3] = ["default", "kube-system", "kube-public"];
-/// How often terminating namespaces are re-checked while they drain.
-const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 
 fn namespace_type() -> &'static ResourceType {
     registry::by_plural("", "v1", "namespaces").expect("namespaces are served")
@@ -40,8 +36,10 @@ pub async fn ensure_built_in(rest: &Rest) -> ApiResult<()> {
     Ok(())
 }
 
-/// Starts deleting a namespace: it turns Terminating, and the drain task
-/// removes its content and then the namespace itself.
+/// Starts deleting a namespace: it turns Terminating (with the metadata
+/// finalizer `propagationPolicy` asks for, as for any object), and stays
+/// until its finalizers are gone. One without spec finalizers is deleted as
+/// any object is.
 pub async fn delete(
     rest: &Rest,
     name: &str,
@@ -73,6 +71,16 @@ pub async fn delete(
             return Ok(Mutation::Unchanged);
         }
         let mut new = object::without_resource_version(ns);
+        let mut finalizers = object::finalizers(ns);
+        let wanted = match options.propagation_policy.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(wanted) = wanted.filter(|w| !finalizers.iter().any(|f| f == w)) {
+            finalizers.push(wanted.to_string());
+            object::set_finalizers(&mut new, &finalizers);
+        }
         object::meta_mut(&mut new).insert(
             "deletionTimestamp".into(),
             json!(object::format_time(jiff::Timestamp::now())),
@@ -89,70 +97,4 @@ fn spec_finalizers(ns: &Value) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default()
-}
-
-/// Drains terminating namespaces until `shutdown`.
-pub async fn run_drainer(rest: Arc<Rest>, shutdown: CancellationToken) {
-    let rt = namespace_type();
-    let mut ticker = tokio::time::interval(DRAIN_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let (namespaces, _) = rest.cache.list(rt, None);
-        for ns in namespaces.iter().filter(|n| object::is_deleting(&n.object)) {
-            let name = object::name(&ns.object).to_string();
-            if let Err(e) = drain(&rest, &name).await {
-                tracing::warn!(namespace = %name, error = %e, "namespace drain incomplete");
-            }
-        }
-    }
-}
-
-/// Deletes everything in a terminating namespace; once it is empty, clears
-/// the `kubernetes` finalizer so that the namespace itself goes away.
-async fn drain(rest: &Rest, name: &str) -> ApiResult<()> {
-    let mut remaining = 0;
-    for rt in registry::all()
-        .iter()
-        .filter(|rt| rt.namespaced() && !views::is_view(rt))
-    {
-        let (items, _) = rest.cache.list(rt, Some(name));
-        for item in items {
-            remaining += 1;
-            if object::is_deleting(&item.object) {
-                continue;
-            }
-            let at = ObjectRef {
-                rt,
-                namespace: Some(name),
-                name: object::name(&item.object),
-            };
-            match rest.delete(at, &DeleteOptions::default(), false).await {
-                Ok(_) => {}
-                Err(e) if e.reason == "NotFound" => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if remaining > 0 {
-        return Ok(());
-    }
-    let at = ObjectRef {
-        rt: namespace_type(),
-        namespace: None,
-        name,
-    };
-    rest.guaranteed_update(at, |ns| {
-        let mut new = object::without_resource_version(ns);
-        let kept: Vec<Value> = spec_finalizers(ns)
-            .into_iter()
-            .filter(|f| f != "kubernetes")
-            .collect();
-        new["spec"]["finalizers"] = Value::Array(kept);
-        Ok(Mutation::Write(new))
-    })
-    .await
-    .map(|_| ())
 }

@@ -98,8 +98,6 @@ pub struct Rest {
     /// The watch cache (lists, watches).
     pub cache: Arc<WatchCache>,
     store: Arc<dyn Store>,
-    /// Held from service address allocation until the service is stored.
-    allocation: tokio::sync::Mutex<()>,
     /// Where clients reach this server.
     advertise: std::net::SocketAddr,
 }
@@ -111,7 +109,6 @@ impl Rest {
         Rest {
             cache,
             store,
-            allocation: tokio::sync::Mutex::new(()),
             advertise,
         }
     }
@@ -192,32 +189,39 @@ impl Rest {
             namespace: namespace.filter(|_| rt.namespaced()),
             name: &name,
         };
-        let _allocation = if services::is_service(rt) {
-            let guard = self.allocation.lock().await;
-            // The cache must hold every stored service before choosing.
-            self.cache
-                .sync()
-                .await
-                .map_err(|e| ApiError::timeout(e.to_string()))?;
-            services::allocate(&self.cache, rt, &mut obj)?;
-            Some(guard)
-        } else {
-            None
-        };
         let charge = admission::quota::admit_create(self, rt, &obj, ctx.dry_run).await?;
+        // Service addresses are reserved last, once nothing else can refuse
+        // the object, and freed again if it is not stored.
+        let allocation = match services::allocate_create(self, rt, &mut obj, ctx.dry_run).await {
+            Ok(allocation) => allocation,
+            Err(e) => {
+                charge.refund(self).await;
+                return Err(e);
+            }
+        };
         if ctx.dry_run {
             return Ok(obj);
         }
-        let bytes = encode(rt, &obj)?;
-        let revision = match self.store.create(&target.key(), bytes).await {
-            Ok(revision) => revision,
+        let stored = match encode(rt, &obj) {
+            Ok(bytes) => self
+                .store
+                .create(&target.key(), bytes)
+                .await
+                .map_err(|e| ApiError::from_store(rt, &name, e)),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(revision) => {
+                allocation.commit(self).await;
+                object::set_resource_version(&mut obj, revision);
+                Ok(obj)
+            }
             Err(e) => {
                 charge.refund(self).await;
-                return Err(ApiError::from_store(rt, &name, e));
+                allocation.revert(self).await;
+                Err(e)
             }
-        };
-        object::set_resource_version(&mut obj, revision);
-        Ok(obj)
+        }
     }
 
     /// Reads, mutates and writes one object with compare-and-swap, retrying on
@@ -248,30 +252,48 @@ impl Rest {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
+            let removing = strategy::ready_to_remove(target.rt, &new);
+            let allocation = if removing {
+                services::Allocation::none()
+            } else {
+                services::allocate_update(self, target.rt, &current.object, &mut new, dry_run)
+                    .await?
+            };
             if dry_run {
                 object::set_resource_version(&mut new, current.revision);
                 return Ok(new);
             }
             object::meta_mut(&mut new).remove("resourceVersion");
-            let result = if strategy::ready_to_remove(target.rt, &new) {
+            let result = if removing {
                 self.store
                     .delete(&key, Some(current.revision))
                     .await
                     .map(|(rev, _)| rev)
             } else {
-                self.store
-                    .update(&key, encode(target.rt, &new)?, current.revision)
-                    .await
+                match encode(target.rt, &new) {
+                    Ok(bytes) => self.store.update(&key, bytes, current.revision).await,
+                    Err(e) => {
+                        allocation.revert(self).await;
+                        return Err(e);
+                    }
+                }
             };
             match result {
                 Ok(revision) => {
+                    allocation.commit(self).await;
+                    if removing {
+                        services::release(self, target.rt, &current.object).await;
+                    }
                     object::set_resource_version(&mut new, revision);
                     return Ok(new);
                 }
                 // Retry: the mutation runs again on the fresh object, and a
                 // pinned resourceVersion then fails the precondition with 409.
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(ApiError::from_store(target.rt, target.name, e)),
+                Err(StoreError::Conflict { .. }) => allocation.revert(self).await,
+                Err(e) => {
+                    allocation.revert(self).await;
+                    return Err(ApiError::from_store(target.rt, target.name, e));
+                }
             }
         }
         Err(ApiError::conflict(
@@ -325,8 +347,8 @@ impl Rest {
             };
         }
         strategy::prepare_update(rt, subresource, &mut new, old);
-        if services::is_service(rt) {
-            services::keep_allocations(&mut new, old);
+        if services::is_service(rt) && subresource.is_none() {
+            services::prepare_update(&mut new, old);
         }
         skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut new);
         reject_invalid(
@@ -463,6 +485,7 @@ impl Rest {
                 }
                 match self.store.delete(&key, Some(current.revision)).await {
                     Ok((revision, _)) => {
+                        services::release(self, rt, obj).await;
                         let mut gone = obj.clone();
                         object::set_resource_version(&mut gone, revision);
                         return Ok(gone);

@@ -362,14 +362,45 @@ async fn namespaces_exist_and_terminate() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
-    for _ in 0..50 {
-        let (status, _) = api.get("/api/v1/namespaces/doomed").await;
-        if status == StatusCode::NOT_FOUND {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("namespace was not removed");
+    // Emptying it is the namespace controller's work (in the controller
+    // manager): the API server keeps it while `kubernetes` is in
+    // spec.finalizers, and deletes it once the finalize subresource has
+    // removed every finalizer.
+    let (status, terminating) = api.get("/api/v1/namespaces/doomed").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(terminating["spec"]["finalizers"], json!(["kubernetes"]));
+    let mut finalized = terminating.clone();
+    finalized["spec"]["finalizers"] = json!([]);
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/api/v1/namespaces/doomed/finalize",
+            "application/json",
+            finalized,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = api.get("/api/v1/namespaces/doomed").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "gone with its last finalizer"
+    );
+
+    // A propagation policy adds its finalizer, as for any object.
+    api.post("/api/v1/namespaces", json!({"metadata": {"name": "kept"}}))
+        .await;
+    let (status, ns) = api
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/kept",
+            "application/json",
+            json!({"propagationPolicy": "Orphan"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ns}");
+    assert_eq!(ns["metadata"]["finalizers"], json!(["orphan"]));
+    assert_eq!(ns["status"]["phase"], "Terminating");
 }
 
 #[tokio::test]

@@ -13,15 +13,24 @@
 //!   scheduler_perf measure them.
 //! - `etcd` (feature `etcd`): durable writes of the embedded store against a
 //!   real etcd on the same disk.
+//! - `dns`: queries per second and latency of the cluster DNS server over
+//!   UDP, in process, with synthetic Services.
+//! - `ingress`: throughput and p99 through the ingress proxy against the
+//!   backend directly, with wrk.
+//! - `proxy-sync`: the service proxy's nftables sync at 1k and 10k Services
+//!   (needs root: it loads the rules into a private network namespace).
 //!
 //! Progress goes to stderr, the report to stdout.
 
 mod api;
+mod dns;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod http;
+mod ingress;
 mod pod;
 mod pods_startup;
+mod proxy;
 mod run;
 mod scheduling;
 mod server;
@@ -49,6 +58,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Service proxy sync time: render and `nft -f` for N Services. Needs
+    /// root: it loads the table into a private network namespace.
+    ProxySync(ProxySyncArgs),
     /// The skiff API server over HTTPS: create, get, list, watch and full lists.
     Api(ApiArgs),
     /// Resident memory of an idle skiff server with an empty store.
@@ -59,9 +71,14 @@ enum Command {
     /// Scheduler throughput, server memory and a large Deployment on hollow
     /// (simulated) nodes.
     Scheduling(SchedulingArgs),
+    /// Cluster DNS queries per second and latency over UDP, in process.
+    Dns(DnsArgs),
     /// Durable writes: the embedded store against etcd on the same disk.
     #[cfg(feature = "etcd")]
     Etcd(EtcdArgs),
+    /// Ingress proxy throughput and p99 against hitting the backend
+    /// directly (wrk); self-contained without --via/--direct.
+    Ingress(ingress::Args),
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +175,32 @@ fn parse_scale(value: &str) -> Result<(usize, usize), String> {
     Ok((number(nodes)?, number(pods)?))
 }
 
+#[derive(Debug, Args)]
+struct ProxySyncArgs {
+    /// Service counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10_000])]
+    services: Vec<usize>,
+    /// Ready endpoints per Service.
+    #[arg(long, default_value_t = 3)]
+    endpoints: usize,
+    /// One-Service changes to time (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+#[derive(Debug, Args)]
+struct DnsArgs {
+    /// Synthetic Services (one in ten headless).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Wall time of each phase (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = dns::parse_duration)]
+    duration: Duration,
+    /// Concurrent clients, one query in flight each.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
 #[cfg(feature = "etcd")]
 #[derive(Debug, Args)]
 struct EtcdArgs {
@@ -193,6 +236,14 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.dir.unwrap_or_else(std::env::temp_dir);
     match cli.command {
+        Command::ProxySync(args) => {
+            proxy::run(proxy::Settings {
+                services: args.services,
+                endpoints: args.endpoints,
+                runs: args.runs,
+            })
+            .await
+        }
         Command::Api(args) => {
             let mut sizes = vec![args.pods];
             if args.large && args.pods < 100_000 {
@@ -238,6 +289,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             scheduling::run(&settings).await
         }
+        Command::Dns(args) => {
+            let settings = dns::Settings {
+                services: args.services,
+                duration: args.duration,
+                concurrency: args.concurrency,
+                dir,
+            };
+            dns::run(&settings).await
+        }
         #[cfg(feature = "etcd")]
         Command::Etcd(args) => {
             let settings = etcd::Settings {
@@ -250,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             etcd::run(&settings).await
         }
+        Command::Ingress(args) => ingress::run(args).await,
     }
 }
 
@@ -289,5 +350,12 @@ mod tests {
             panic!("not pods");
         };
         assert_eq!((args.pods, args.floor_runs, args.idle_secs), (5, 20, 10));
+
+        let cli =
+            Cli::try_parse_from(["skiff-bench", "proxy-sync", "--services", "10,20"]).unwrap();
+        let Command::ProxySync(args) = cli.command else {
+            panic!("not proxy-sync");
+        };
+        assert_eq!((args.services, args.endpoints), (vec![10, 20], 3));
     }
 }

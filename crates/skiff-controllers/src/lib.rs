@@ -47,14 +47,21 @@
 //!   selector.
 //! - [`endpointslice`]: publishes the pods behind each Service with a selector
 //!   as EndpointSlices.
+//! - [`garbagecollector`]: deletes objects whose owners are gone, and
+//!   carries out foreground and orphan deletions, over metadata-only watches
+//!   of every discovered type.
 //! - [`job`]: runs a Job's pods to completion, counting them with
 //!   finalizers; [`job::ttl`] deletes finished Jobs after their TTL.
+//! - [`namespace`]: empties a deleted namespace, reporting progress in its
+//!   conditions, then removes its `kubernetes` finalizer.
 //! - [`node_ipam`]: gives each Node a pod CIDR from the cluster CIDR.
 //! - [`node_lifecycle`]: marks Nodes that stop heartbeating Unknown, taints
 //!   unhealthy Nodes and evicts the pods that do not tolerate NoExecute taints.
 //! - [`replicaset`]: keeps a ReplicaSet's pods at `spec.replicas`.
 //! - [`resourcequota`]: recounts each ResourceQuota's `status.used` from the
 //!   objects of its namespace, so deletions give quota back.
+//! - [`service_lb`]: gives `type: LoadBalancer` Services the addresses of
+//!   the nodes, as k3s's servicelb does.
 //! - [`serviceaccount`]: the `default` ServiceAccount and the
 //!   `kube-root-ca.crt` ConfigMap in every namespace.
 //! - [`statefulset`]: ordered pods with stable names and storage, rolled
@@ -68,14 +75,17 @@ pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod expectations;
+pub mod garbagecollector;
 pub mod informer;
 pub mod job;
 pub mod manager;
+pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod runtime;
+pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;

@@ -11,12 +11,15 @@ use crate::deployment::{self, DeploymentConfig};
 use crate::disruption::{self, DisruptionConfig};
 use crate::endpoints::{self, EndpointsConfig};
 use crate::endpointslice::{self, EndpointSliceConfig};
+use crate::garbagecollector::{self, GarbageCollectorConfig};
 use crate::informer::InformerFactory;
 use crate::job::{self, JobConfig};
+use crate::namespace::{self, NamespaceConfig};
 use crate::node_ipam::{self, NodeIpamConfig, NodeIpamError};
 use crate::node_lifecycle::{self, NodeLifecycleConfig};
 use crate::replicaset::{self, ReplicaSetConfig};
 use crate::resourcequota::{self, ResourceQuotaConfig};
+use crate::service_lb::{self, ServiceLbConfig};
 use crate::serviceaccount::{self, RootCaConfig, ServiceAccountConfig};
 use crate::statefulset::{self, StatefulSetConfig};
 
@@ -49,9 +52,16 @@ pub struct ControllerManagerConfig {
     pub endpoints: EndpointsConfig,
     /// ServiceAccounts every namespace gets.
     pub serviceaccount: ServiceAccountConfig,
+    /// Node addresses for LoadBalancer Services (k3s's servicelb).
+    pub service_lb: ServiceLbConfig,
     /// The cluster CA published as `kube-root-ca.crt` in every namespace;
     /// `None` publishes nothing.
     pub root_ca: Option<RootCaConfig>,
+    /// The garbage collector (ownerReferences); `enabled: false` turns it
+    /// off.
+    pub garbage_collector: GarbageCollectorConfig,
+    /// Emptying deleted namespaces.
+    pub namespace: NamespaceConfig,
 }
 
 /// Why the controller manager stopped.
@@ -156,6 +166,19 @@ pub async fn run(
             shutdown.child_token(),
         )
         .boxed(),
+        garbagecollector::start(
+            client.clone(),
+            config.garbage_collector,
+            shutdown.child_token(),
+        )
+        .boxed(),
+        namespace::start(
+            &mut factory,
+            client.clone(),
+            config.namespace,
+            shutdown.child_token(),
+        )
+        .boxed(),
     ];
     if let Some(root_ca) = config.root_ca {
         controllers.push(
@@ -167,6 +190,10 @@ pub async fn run(
             )
             .boxed(),
         );
+    }
+    if config.service_lb.enabled {
+        controllers
+            .push(service_lb::start(&mut factory, client.clone(), shutdown.child_token()).boxed());
     }
     let informers = factory.run(shutdown.child_token());
     let ipam = node_ipam::run(client, config.node_ipam, shutdown.child_token());

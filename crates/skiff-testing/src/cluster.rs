@@ -58,8 +58,20 @@ pub struct TestCluster {
     namespaces: AtomicU32,
     /// Extra `skiff server` flags, given on every (re)start.
     extra_args: Vec<String>,
-    /// The node agent's kubelet port, when the cluster runs an agent.
-    kubelet_port: Option<u16>,
+    /// The node agent's ports, when the cluster runs an agent.
+    agent: Option<AgentPorts>,
+}
+
+/// Ports of the node agent and the node-level services of a cluster with an
+/// agent, chosen free so that clusters cannot collide.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentPorts {
+    /// The kubelet API (HTTPS).
+    pub kubelet: u16,
+    /// The ingress controller's HTTP port.
+    pub ingress_http: u16,
+    /// The ingress controller's HTTPS port.
+    pub ingress_https: u16,
 }
 
 impl TestCluster {
@@ -95,7 +107,11 @@ impl TestCluster {
             child: None,
             namespaces: AtomicU32::new(0),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-            kubelet_port: agent.then(free_port),
+            agent: agent.then(|| AgentPorts {
+                kubelet: free_port(),
+                ingress_http: free_port(),
+                ingress_https: free_port(),
+            }),
         };
         cluster.launch();
         cluster
@@ -117,6 +133,11 @@ impl TestCluster {
     /// The port the server listens on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The agent's ports, for a cluster started with an agent.
+    pub fn agent_ports(&self) -> Option<AgentPorts> {
+        self.agent
     }
 
     /// The server's URL, e.g. `https://127.0.0.1:41234`.
@@ -283,7 +304,9 @@ impl TestCluster {
             .arg("server")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--bind-address", "127.0.0.1", "--https-port"])
+            .arg("--bind-address")
+            .arg(self.bind_address())
+            .arg("--https-port")
             .arg(self.port.to_string())
             .args(&self.extra_args)
             .args(self.agent_args())
@@ -299,16 +322,30 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()))
     }
 
+    /// Loopback, unless the cluster runs an agent: then every address, so
+    /// that the node's IP is a host address pods can reach (the API server
+    /// behind the `kubernetes` Service, the cluster DNS, the kubelet).
+    fn bind_address(&self) -> &'static str {
+        match self.agent {
+            None => "127.0.0.1",
+            Some(_) => "0.0.0.0",
+        }
+    }
+
     /// Flags that turn the node agent off, or give it names and ports of its
     /// own so it cannot collide with another cluster on this machine.
     fn agent_args(&self) -> Vec<String> {
-        match self.kubelet_port {
+        match self.agent {
             None => vec!["--disable-agent".into()],
-            Some(port) => vec![
+            Some(ports) => vec![
                 "--node-name".into(),
                 NODE_NAME.into(),
                 "--kubelet-port".into(),
-                port.to_string(),
+                ports.kubelet.to_string(),
+                "--ingress-http-port".into(),
+                ports.ingress_http.to_string(),
+                "--ingress-https-port".into(),
+                ports.ingress_https.to_string(),
                 "--bridge".into(),
                 format!("skt{}", std::process::id() % 100_000),
             ],
@@ -377,7 +414,7 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.kill9();
-        if self.kubelet_port.is_some() && !killall(&self.bin, self.data_dir()) {
+        if self.agent.is_some() && !killall(&self.bin, self.data_dir()) {
             // Keep the directory (and its pods' state) for the next start's
             // cleanup to retry, rather than orphaning running containers.
             if let Some(dir) = self.data_dir.take() {

@@ -21,6 +21,8 @@ mod cluster;
 mod process;
 mod tools;
 
-pub use cluster::{NODE_NAME, TestCluster, TestNamespace, free_port, shared, shared_with_agent};
+pub use cluster::{
+    AgentPorts, NODE_NAME, TestCluster, TestNamespace, free_port, shared, shared_with_agent,
+};
 pub use process::{DEFAULT_TIMEOUT, LineWatcher, TiedCommand, eventually, output_with_timeout};
 pub use tools::{Tools, tools};

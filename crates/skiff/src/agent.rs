@@ -69,16 +69,29 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
             kubelet_key_pem: serving.key,
             client_ca_pem: ca_pem,
             labels: Default::default(),
-            cluster_dns: None,
+            cluster_dns: Some(crate::node_network::cluster_dns(&args.agent)),
             bridge: args.agent.bridge.clone(),
         };
         eprintln!(
             "Skiff agent joining {} as node {}.",
             args.server, options.node_name
         );
-        skiff_agent::agent::run(options, client, shutdown)
-            .await
-            .context("node agent")
+        let node_name = options.node_name.clone();
+        let network = crate::node_network::run(
+            client.clone(),
+            &args.agent,
+            &node_name,
+            node_ip,
+            &args.cluster_cidr,
+            shutdown.child_token(),
+        );
+        let agent = async {
+            skiff_agent::agent::run(options, client.clone(), shutdown)
+                .await
+                .context("node agent")
+        };
+        tokio::try_join!(agent, network)?;
+        Ok(())
     })
 }
 

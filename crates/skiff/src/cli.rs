@@ -57,6 +57,11 @@ pub struct AgentCommandArgs {
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub bind_address: IpAddr,
 
+    /// Pod CIDR of the whole cluster (as the server's `--cluster-cidr`):
+    /// traffic to Services from outside it is masqueraded.
+    #[arg(long, default_value = "10.42.0.0/16", value_name = "CIDR")]
+    pub cluster_cidr: String,
+
     /// Register this many simulated ("hollow") nodes instead of a real one,
     /// as upstream's kubemark does: they heartbeat and report bound pods
     /// Running without running anything. For scale benchmarks and scheduler
@@ -132,9 +137,40 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 40, value_name = "SECONDS")]
     pub node_monitor_grace_period: u64,
 
+    /// Built-in components not to run (comma-separated): `dns` (the cluster
+    /// DNS server), `ingress` (the ingress controller), `servicelb` (node
+    /// addresses for LoadBalancer Services).
+    #[arg(long, value_delimiter = ',', value_enum, value_name = "COMPONENT")]
+    pub disable: Vec<Component>,
+
+    /// Host port of the cluster DNS server, which pods reach through the
+    /// `kube-dns` Service; 0 picks a free port (the Service's endpoints
+    /// follow it).
+    #[arg(long, default_value_t = 0, value_name = "PORT")]
+    pub cluster_dns_port: u16,
+
+    /// Port the ingress controller serves HTTP on.
+    #[arg(long, default_value_t = 80, value_name = "PORT")]
+    pub ingress_http_port: u16,
+
+    /// Port the ingress controller serves HTTPS on.
+    #[arg(long, default_value_t = 443, value_name = "PORT")]
+    pub ingress_https_port: u16,
+
     /// The local node agent.
     #[command(flatten)]
     pub agent: AgentArgs,
+}
+
+/// A built-in server component that `--disable` turns off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    /// The cluster DNS server.
+    Dns,
+    /// The ingress controller.
+    Ingress,
+    /// Node addresses for LoadBalancer Services.
+    Servicelb,
 }
 
 /// Flags of the node agent (in `skiff server`, for its local agent).
@@ -156,6 +192,23 @@ pub struct AgentArgs {
     /// Port of the node's kubelet API (HTTPS: logs, exec, port-forward).
     #[arg(long, default_value_t = 10250, value_name = "PORT")]
     pub kubelet_port: u16,
+
+    /// The cluster DNS server address pods are given (the `kube-dns`
+    /// Service's ClusterIP).
+    #[arg(long, default_value = "10.43.0.10", value_name = "IP")]
+    pub cluster_dns: IpAddr,
+
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local", value_name = "DOMAIN")]
+    pub cluster_domain: String,
+
+    /// Do not run the service proxy on this node.
+    #[arg(long)]
+    pub disable_kube_proxy: bool,
+
+    /// Do not enforce NetworkPolicies on this node.
+    #[arg(long)]
+    pub disable_network_policy: bool,
 
     /// Linux bridge the pods of this node attach to.
     #[arg(long, default_value = "skiff0", value_parser = parse_interface_name, value_name = "NAME")]

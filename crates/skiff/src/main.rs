@@ -4,6 +4,7 @@ mod agent;
 mod cli;
 mod join;
 mod kubeconfig;
+mod node_network;
 mod pki;
 mod server;
 mod tls;
@@ -28,7 +29,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -22,10 +22,11 @@ use skiff_client::leader::LeaderElectionConfig;
 use skiff_controllers::manager::ControllerManagerConfig;
 use skiff_controllers::node_ipam::NodeIpamConfig;
 use skiff_controllers::node_lifecycle::NodeLifecycleConfig;
+use skiff_controllers::service_lb::ServiceLbConfig;
 use skiff_controllers::serviceaccount::RootCaConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::ServerArgs;
+use crate::cli::{Component, ServerArgs};
 use crate::pki::{self, ServingNames};
 use crate::{kubeconfig, tls, token};
 
@@ -195,6 +196,9 @@ impl Components<'_> {
                         root_ca: Some(RootCaConfig {
                             ca_pem: self.pki.ca_cert.clone(),
                         }),
+                        service_lb: ServiceLbConfig {
+                            enabled: !self.args.disable.contains(&Component::Servicelb),
+                        },
                         ..Default::default()
                     },
                     token,
@@ -218,17 +222,92 @@ impl Components<'_> {
                 return Ok(());
             }
             let options = self.agent_options()?;
-            skiff_agent::agent::run(options, client.clone(), shutdown.child_token())
-                .await
-                .context("node agent")
+            let node_name = options.node_name.clone();
+            let network = crate::node_network::run(
+                client.clone(),
+                &self.args.agent,
+                &node_name,
+                self.node_ip,
+                &self.args.cluster_cidr,
+                shutdown.child_token(),
+            );
+            let agent = async {
+                skiff_agent::agent::run(options, client.clone(), shutdown.child_token())
+                    .await
+                    .context("node agent")
+            };
+            tokio::try_join!(agent, network, self.ingress(&client, shutdown))?;
+            Ok(())
         };
         // The first failure ends the others (and `run` stops the server).
         tokio::try_join!(
             async { controllers.await?.transpose().context("controller manager") },
             async { scheduler.await?.transpose().context("scheduler") },
             agent,
+            self.dns(&client, shutdown),
         )?;
         Ok(())
+    }
+
+    /// The cluster DNS server on this host, published as the endpoint of the
+    /// `kube-dns` Service (unless disabled).
+    async fn dns(
+        &self,
+        client: &skiff_client::Client,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if self.args.disable.contains(&Component::Dns) {
+            return Ok(());
+        }
+        let agent = &self.args.agent;
+        let node_name = if self.args.disable_agent {
+            None
+        } else {
+            Some(node_name(agent)?)
+        };
+        let config = skiff_dns::DnsConfig {
+            // The node IP, not every address: a UDP reply must leave from
+            // the address the proxy redirected the query to, or conntrack
+            // cannot undo the DNAT and the pod drops it.
+            listen: SocketAddr::new(self.node_ip, self.args.cluster_dns_port),
+            cluster_domain: agent.cluster_domain.clone(),
+            service_ip: agent.cluster_dns,
+            pod_cidrs: vec![
+                self.args
+                    .cluster_cidr
+                    .parse()
+                    .with_context(|| format!("--cluster-cidr {}", self.args.cluster_cidr))?,
+            ],
+            publish: Some(skiff_dns::PublishEndpoint {
+                node_ip: self.node_ip,
+                node_name,
+            }),
+            ..Default::default()
+        };
+        skiff_dns::run(client.clone(), config, shutdown.child_token())
+            .await
+            .context("cluster DNS")
+    }
+
+    /// The ingress controller, serving on this node (unless disabled).
+    async fn ingress(
+        &self,
+        client: &skiff_client::Client,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if self.args.disable.contains(&Component::Ingress) {
+            return Ok(());
+        }
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let config = skiff_ingress::IngressConfig {
+            http_address: SocketAddr::new(any, self.args.ingress_http_port),
+            https_address: SocketAddr::new(any, self.args.ingress_https_port),
+            status_addresses: vec![self.node_ip],
+            ..Default::default()
+        };
+        skiff_ingress::run(client.clone(), config, shutdown.child_token())
+            .await
+            .context("ingress controller")
     }
 
     fn agent_options(&self) -> anyhow::Result<skiff_agent::agent::AgentOptions> {
@@ -248,7 +327,7 @@ impl Components<'_> {
                 "true".to_string(),
             )]
             .into(),
-            cluster_dns: None,
+            cluster_dns: Some(crate::node_network::cluster_dns(agent)),
             bridge: agent.bridge.clone(),
         })
     }
@@ -275,12 +354,14 @@ pub(crate) fn node_name(agent: &crate::cli::AgentArgs) -> anyhow::Result<String>
     }
 }
 
-/// `skiff killall`: stop the pods of the agent under `data_dir`.
+/// `skiff killall`: stop the pods of the agent under `data_dir` and remove
+/// the node's Service and NetworkPolicy rules.
 pub fn killall(data_dir: &Path) -> anyhow::Result<()> {
     let agent_dir = data_dir.join("agent");
     if !agent_dir.exists() {
         return Ok(());
     }
+    crate::node_network::remove_tables()?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

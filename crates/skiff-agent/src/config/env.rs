@@ -1,7 +1,9 @@
 //! A container's environment, resolved as upstream's kubelet does
-//! (`makeEnvironmentVariables`): Service variables first, then `envFrom`
-//! sources in order, then `env` entries in order (later wins), with `$(VAR)`
-//! references expanded against what was defined before.
+//! (`makeEnvironmentVariables`): `envFrom` sources in order, then `env`
+//! entries in order (later wins), with `$(VAR)` references expanded against
+//! what was defined before and, failing that, the Service variables
+//! ([`super::service_env`]); then the Service variables the container does
+//! not define itself.
 //!
 //! `envFrom` keys are taken as they are, prefixed: upstream no longer drops
 //! keys that are not C identifiers (relaxed env var names).
@@ -11,6 +13,7 @@ use std::collections::HashMap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use skiff_cri::v1::KeyValue;
 
+use super::service_env::{self, MASTER_SERVICE_NAMESPACE};
 use crate::downward::{self, NodeAllocatable};
 use crate::objects::{ObjectError, ObjectSource};
 
@@ -122,25 +125,40 @@ impl Env {
     }
 }
 
+/// The Service variables `pod` sees, read through `objects`.
+async fn pod_service_env(
+    pod: &Pod,
+    objects: &dyn ObjectSource,
+) -> Result<Vec<(String, String)>, ObjectError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut services = objects.services(MASTER_SERVICE_NAMESPACE).await?;
+    if namespace != MASTER_SERVICE_NAMESPACE && service_env::service_links_enabled(pod) {
+        services.extend(objects.services(namespace).await?);
+    }
+    Ok(service_env::service_env(pod, &services))
+}
+
 /// The container's environment.
 ///
 /// `fieldRef`s read the pod object, so pass a pod whose status carries the
 /// sandbox's and the node's IPs ([`crate::downward::with_runtime_ips`]);
 /// `resourceFieldRef`s fall back to `node` for limits the container does not
 /// set. A missing ConfigMap, Secret or key that is not `optional` fails with
-/// upstream's message.
+/// upstream's message, and so does a Service cache that has never been
+/// filled.
 pub async fn resolve_env(
     pod: &Pod,
     container: &Container,
     objects: &dyn ObjectSource,
     node: &NodeAllocatable,
-    service_env: &[(String, String)],
 ) -> Result<Vec<KeyValue>, EnvError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let service_env = pod_service_env(pod, objects).await?;
+    let service_values: HashMap<&str, &str> = service_env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
     let mut env = Env::default();
-    for (name, value) in service_env {
-        env.set(name.clone(), value.clone());
-    }
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
         if let Some(reference) = &source.config_map_ref {
@@ -176,7 +194,12 @@ pub async fn resolve_env(
             &var.value_from,
         ) {
             (Some(value), _) => {
-                let lookup = |name: &str| env.values.get(name).cloned();
+                let lookup = |name: &str| {
+                    env.values
+                        .get(name)
+                        .cloned()
+                        .or_else(|| service_values.get(name).map(|v| v.to_string()))
+                };
                 Some(expand(value, &lookup))
             }
             (None, Some(from)) => {
@@ -243,6 +266,12 @@ pub async fn resolve_env(
             env.set(var.name.clone(), value);
         }
     }
+    // Then the Service variables the container does not define itself.
+    for (name, value) in service_env {
+        if !env.values.contains_key(&name) {
+            env.set(name, value);
+        }
+    }
     Ok(env.into_key_values())
 }
 
@@ -254,7 +283,7 @@ mod tests {
     use k8s_openapi::api::core::v1::{
         ConfigMap, ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVar, EnvVarSource,
         ObjectFieldSelector, PodSpec, ResourceFieldSelector, ResourceRequirements, Secret,
-        SecretEnvSource, SecretKeySelector,
+        SecretEnvSource, SecretKeySelector, Service, ServicePort, ServiceSpec,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -270,8 +299,43 @@ mod tests {
         }
     }
 
+    fn service(namespace: &str, name: &str, ip: &str, port: i32) -> Service {
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                ..meta(name)
+            },
+            spec: Some(ServiceSpec {
+                cluster_ip: Some(ip.into()),
+                ports: Some(vec![ServicePort {
+                    port,
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// `WEB_*` for `ns/web` at 10.43.0.9:80, as [`service_env`] makes them.
+    fn web_env() -> Vec<(String, String)> {
+        [
+            ("WEB_SERVICE_HOST", "10.43.0.9"),
+            ("WEB_SERVICE_PORT", "80"),
+            ("WEB_PORT", "tcp://10.43.0.9:80"),
+            ("WEB_PORT_80_TCP", "tcp://10.43.0.9:80"),
+            ("WEB_PORT_80_TCP_PROTO", "tcp"),
+            ("WEB_PORT_80_TCP_PORT", "80"),
+            ("WEB_PORT_80_TCP_ADDR", "10.43.0.9"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
     fn objects() -> StaticObjects {
         StaticObjects::default()
+            .with_service(service("ns", "web", "10.43.0.9", 80))
             .with_config_map(ConfigMap {
                 metadata: meta("settings"),
                 data: Some(BTreeMap::from([
@@ -320,20 +384,27 @@ mod tests {
         }
     }
 
-    async fn resolve(container: Container) -> Result<Vec<(String, String)>, EnvError> {
-        let pod = pod(container.clone());
-        let env = resolve_env(
-            &pod,
-            &container,
-            &objects(),
-            &NodeAllocatable::default(),
-            &[("WEB_SERVICE_HOST".into(), "10.43.0.9".into())],
-        )
-        .await?;
+    async fn resolve_with(
+        pod: &Pod,
+        objects: &StaticObjects,
+    ) -> Result<Vec<(String, String)>, EnvError> {
+        resolve_with_source(pod, objects).await
+    }
+
+    async fn resolve_with_source(
+        pod: &Pod,
+        objects: &dyn ObjectSource,
+    ) -> Result<Vec<(String, String)>, EnvError> {
+        let container = &pod.spec.as_ref().expect("spec").containers[0];
+        let env = resolve_env(pod, container, objects, &NodeAllocatable::default()).await?;
         Ok(env
             .into_iter()
             .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned()))
             .collect())
+    }
+
+    async fn resolve(container: Container) -> Result<Vec<(String, String)>, EnvError> {
+        resolve_with(&pod(container), &objects()).await
     }
 
     #[tokio::test]
@@ -349,7 +420,10 @@ mod tests {
                 secret_ref: None,
             }]),
             env: Some(vec![
-                var("GREETING", "hello $(CFG_MODE) $$(CFG_MODE) $(UNDEFINED)"),
+                var(
+                    "GREETING",
+                    "hello $(CFG_MODE) $$(CFG_MODE) $(UNDEFINED) $(WEB_SERVICE_HOST)",
+                ),
                 from(
                     "PASSWORD",
                     EnvVarSource {
@@ -381,8 +455,12 @@ mod tests {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(env[0].0, "WEB_SERVICE_HOST");
-        assert_eq!(get("GREETING"), Some("hello fast $(CFG_MODE) $(UNDEFINED)"));
+        assert_eq!(
+            get("GREETING"),
+            Some("hello fast $(CFG_MODE) $(UNDEFINED) 10.43.0.9")
+        );
+        // The Service variables come after the container's own.
+        assert_eq!(env[env.len() - 7..], web_env());
         assert_eq!(get("PASSWORD"), Some("s3cret"));
         assert_eq!(get("POD"), Some("web"));
         assert_eq!(get("CFG_MODE"), Some("overridden"));
@@ -472,16 +550,83 @@ mod tests {
             ..Container::default()
         };
         let env = resolve(container).await.expect("resolve");
-        assert_eq!(
-            env,
-            [
-                ("WEB_SERVICE_HOST".to_string(), "mine".to_string()),
-                ("password".into(), "s3cret".into()),
-                ("REF".into(), "mine/s3cret".into()),
-                ("MEM".into(), "64".into()),
-                ("EMPTY".into(), String::new()),
-            ]
+        let mut expected = vec![
+            ("password".to_string(), "s3cret".to_string()),
+            ("WEB_SERVICE_HOST".into(), "mine".into()),
+            ("REF".into(), "mine/s3cret".into()),
+            ("MEM".into(), "64".into()),
+            ("EMPTY".into(), String::new()),
+        ];
+        // The container's own WEB_SERVICE_HOST wins over the Service's.
+        expected.extend(web_env().into_iter().skip(1));
+        assert_eq!(env, expected);
+    }
+
+    #[tokio::test]
+    async fn the_master_service_is_there_without_service_links() {
+        let objects = objects().with_service(service("default", "kubernetes", "10.43.0.1", 443));
+        let mut pod = pod(Container {
+            name: "main".into(),
+            ..Container::default()
+        });
+        let master_host = (
+            "KUBERNETES_SERVICE_HOST".to_string(),
+            "10.43.0.1".to_string(),
         );
+        let env = resolve_with(&pod, &objects).await.expect("resolve");
+        assert_eq!(env.len(), 14);
+        assert_eq!(env[0], master_host);
+        assert_eq!(env[7..], web_env());
+
+        pod.spec.as_mut().expect("spec").enable_service_links = Some(false);
+        let env = resolve_with(&pod, &objects).await.expect("resolve");
+        assert_eq!(env.len(), 7);
+        assert_eq!(env[0], master_host);
+        assert!(env.iter().all(|(k, _)| k.starts_with("KUBERNETES_")));
+    }
+
+    /// Services that cannot be read, as before the cache's first list.
+    struct Unsynced;
+
+    #[async_trait::async_trait]
+    impl ObjectSource for Unsynced {
+        async fn config_map(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<std::sync::Arc<ConfigMap>>, ObjectError> {
+            Ok(None)
+        }
+
+        async fn secret(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<std::sync::Arc<Secret>>, ObjectError> {
+            Ok(None)
+        }
+
+        async fn services(
+            &self,
+            namespace: &str,
+        ) -> Result<Vec<std::sync::Arc<Service>>, ObjectError> {
+            Err(ObjectError {
+                kind: "Service",
+                namespace: namespace.into(),
+                name: "*".into(),
+                message: "not synced".into(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_services_fail_the_environment() {
+        let pod = pod(Container {
+            name: "main".into(),
+            ..Container::default()
+        });
+        let err = resolve_with_source(&pod, &Unsynced).await.unwrap_err();
+        assert_eq!(err.to_string(), "reading Service default/*: not synced");
     }
 
     #[tokio::test]

@@ -8,7 +8,8 @@
 //! `network/dns`, `qos/policy.go`, `cm/helpers_linux.go`).
 //!
 //! - [`sandbox_config`], [`container_config`]: the CRI configs.
-//! - [`resolve_env`]: a container's environment (reads ConfigMaps/Secrets).
+//! - [`resolve_env`]: a container's environment (reads ConfigMaps/Secrets,
+//!   and Services for the docker-links variables, see [`service_env`]).
 //! - [`qos_class`], [`oom_score_adj`], [`dns_config`],
 //!   [`hostname_and_domain`], [`etc_hosts`]: the rules they are built from,
 //!   for the status and the pod's files.
@@ -19,6 +20,7 @@ mod hosts;
 mod qos;
 mod resources;
 mod security;
+pub mod service_env;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -7,6 +7,10 @@
 //! the runtime every second, as upstream's PLEG does; the runtime, not the
 //! agent, is the record of what runs, so a restarted agent picks every pod up
 //! where it was.
+//!
+//! The eviction manager ([`crate::eviction`]) runs beside the workers and
+//! reads the pods from here; a pod it evicts gets its event from the
+//! manager, and its worker fails and kills it on its next sync.
 
 mod backoff;
 mod cgroups;
@@ -22,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::Api;
 use kube::runtime::watcher;
 use skiff_client::events::{EventRecorder, EventType};
@@ -32,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SandboxContext;
 use crate::downward::NodeAllocatable;
+use crate::eviction::{self, Eviction, EvictionSource};
 use crate::locate::{LocatedContainer, LocatedPod, PodLocator};
-use crate::objects::{ObjectError, ObjectSource};
+use crate::objects::{ObjectError, ObjectSource, ServiceCache};
 use crate::probes::{ProbeManager, ProbeUpdate};
 use crate::volumes::VolumeManager;
 pub use runtime::PodRuntime;
@@ -74,6 +79,9 @@ pub(crate) struct Shared {
     pull_failures: Mutex<HashMap<String, SystemTime>>,
     /// Container ids whose liveness (or startup) probe failed.
     unhealthy: Mutex<HashSet<String>>,
+    /// Pods the eviction manager evicted, by uid, with the message of their
+    /// status.
+    evicted: Mutex<HashMap<String, String>>,
     /// The pods known from the watch, by uid.
     pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// Sandbox/container view for the streaming API, by `(namespace, name)`.
@@ -111,6 +119,7 @@ impl PodManager {
         let (probes, probe_updates) = ProbeManager::new(runtime.clone());
         let objects = Arc::new(ApiObjects {
             client: client.clone(),
+            services: ServiceCache::new(client.clone()),
         });
         let shared = Arc::new(Shared {
             view: RuntimeView::new(runtime.clone()),
@@ -125,6 +134,7 @@ impl PodManager {
             backoff: Mutex::default(),
             pull_failures: Mutex::default(),
             unhealthy: Mutex::default(),
+            evicted: Mutex::default(),
             pods: Mutex::default(),
             located: Mutex::default(),
         });
@@ -154,6 +164,16 @@ impl PodManager {
         let mut listed = false;
         let mut initial: HashSet<String> = HashSet::new();
         let tasks = tokio_util::task::TaskTracker::new();
+        let (eviction_sender, mut evictions) = tokio::sync::mpsc::channel(EVICTION_BUFFER);
+        let node_pods = Arc::new(NodePods {
+            shared: self.shared.clone(),
+        });
+        tasks.spawn(eviction::run(
+            node_pods,
+            eviction::PERIOD,
+            eviction_sender,
+            shutdown.child_token(),
+        ));
 
         loop {
             tokio::select! {
@@ -212,6 +232,7 @@ impl PodManager {
                     workers.retain(|_, w| !w.pod.is_closed());
                 },
                 Some(update) = self.probe_updates.recv() => self.on_probe(&workers, update),
+                Some(eviction) = evictions.recv() => self.on_eviction(&workers, eviction),
             }
         }
         tasks.close();
@@ -245,6 +266,7 @@ impl PodManager {
 
     fn forget(&self, workers: &HashMap<String, WorkerHandle>, uid: &str) {
         lock(&self.shared.pods).remove(uid);
+        lock(&self.shared.evicted).remove(uid);
         if let Some(worker) = workers.get(uid) {
             worker.pod.send_replace(None);
         }
@@ -294,6 +316,50 @@ impl PodManager {
         if let Some(worker) = workers.get(&update.pod_uid) {
             worker.wake.notify_one();
         }
+    }
+}
+
+impl PodManager {
+    /// Records an eviction for the pod's worker and posts upstream's
+    /// `Evicted` warning, once per pod.
+    fn on_eviction(&self, workers: &HashMap<String, WorkerHandle>, eviction: Eviction) {
+        let Some(pod) = lock(&self.shared.pods).get(&eviction.pod_uid).cloned() else {
+            return;
+        };
+        let first = lock(&self.shared.evicted)
+            .insert(eviction.pod_uid.clone(), eviction.message.clone())
+            .is_none();
+        if first {
+            self.shared.recorder.record(
+                &worker::pod_reference(&pod, None),
+                EventType::Warning,
+                eviction::REASON,
+                &eviction.message,
+            );
+        }
+        if let Some(worker) = workers.get(&eviction.pod_uid) {
+            worker.wake.notify_one();
+        }
+    }
+}
+
+/// Evictions buffered before the eviction manager waits for the pod
+/// manager.
+const EVICTION_BUFFER: usize = 16;
+
+/// The eviction manager's view of the node: the pods from the watch and the
+/// volume manager's layout.
+struct NodePods {
+    shared: Arc<Shared>,
+}
+
+impl EvictionSource for NodePods {
+    fn pods(&self) -> Vec<Arc<Pod>> {
+        lock(&self.shared.pods).values().cloned().collect()
+    }
+
+    fn empty_dir(&self, pod_uid: &str, volume: &str) -> Option<std::path::PathBuf> {
+        self.shared.volumes.empty_dir_path(pod_uid, volume)
     }
 }
 
@@ -424,9 +490,11 @@ impl PodLocator for Locator {
     }
 }
 
-/// ConfigMaps and Secrets read straight from the API server.
+/// ConfigMaps and Secrets read straight from the API server; Services from
+/// a watch.
 struct ApiObjects {
     client: kube::Client,
+    services: ServiceCache,
 }
 
 #[async_trait]
@@ -453,6 +521,10 @@ impl ObjectSource for ApiObjects {
             .await
             .map(|o| o.map(Arc::new))
             .map_err(|e| object_error("Secret", namespace, name, &e))
+    }
+
+    async fn services(&self, namespace: &str) -> Result<Vec<Arc<Service>>, ObjectError> {
+        self.services.list(namespace).await
     }
 }
 

@@ -319,6 +319,17 @@ fn condition(
     }
 }
 
+/// The phase to report when the API shows `api_phase`: a pod the API has as
+/// terminal (finished, or failed by an eviction) stays so, whatever its
+/// containers say now; upstream refuses that transition the same way.
+fn keep_terminal(api_phase: Option<&str>, computed: Phase) -> Phase {
+    match api_phase {
+        Some("Failed") => Phase::Failed,
+        Some("Succeeded") => Phase::Succeeded,
+        _ => computed,
+    }
+}
+
 /// The whole pod status.
 pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
@@ -342,7 +353,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         .iter()
         .map(|c| container_status(input, c, c.readiness_probe.is_some(), app_waiting))
         .collect();
-    let phase = phase(pod, &init, &app);
+    let phase = keep_terminal(old.phase.as_deref(), phase(pod, &init, &app));
 
     let mut unready: Vec<String> = spec
         .containers
@@ -442,5 +453,28 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         init_container_statuses: (!init.is_empty()).then_some(init),
         container_statuses: Some(app),
         ..old
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_phase_in_the_api_is_kept() {
+        assert_eq!(
+            keep_terminal(Some("Failed"), Phase::Succeeded),
+            Phase::Failed
+        );
+        assert_eq!(keep_terminal(Some("Failed"), Phase::Running), Phase::Failed);
+        assert_eq!(
+            keep_terminal(Some("Succeeded"), Phase::Running),
+            Phase::Succeeded
+        );
+        assert_eq!(
+            keep_terminal(Some("Running"), Phase::Succeeded),
+            Phase::Succeeded
+        );
+        assert_eq!(keep_terminal(None, Phase::Pending), Phase::Pending);
     }
 }

@@ -156,6 +156,21 @@ impl Shared {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(pod, &runtime, memory).await;
         }
+        let evicted = super::lock(&self.evicted).get(pod_uid).cloned();
+        if let Some(message) = evicted {
+            // The eviction manager posted the event; fail and stop the pod,
+            // and free the disk its volumes hold, as upstream tears down
+            // the volumes of a terminated pod.
+            memory.failed = Some((crate::eviction::REASON, message));
+            self.kill_pod(Some(pod), &runtime, crate::eviction::GRACE_PERIOD_SECONDS)
+                .await?;
+            self.volumes
+                .cleanup(pod_uid)
+                .await
+                .map_err(|e| SyncError::Config(e.to_string()))?;
+            self.report(pod, memory, true).await?;
+            return Ok(Next::After(RESYNC));
+        }
         let current_phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if matches!(current_phase, Some("Succeeded" | "Failed")) {
             // Terminal pods run nothing. Their status is still reported: a
@@ -478,7 +493,6 @@ impl Shared {
             container,
             self.objects.as_ref(),
             &self.config.node_allocatable,
-            &[],
         )
         .await
         {

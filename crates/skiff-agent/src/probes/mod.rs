@@ -3,7 +3,7 @@
 //! Three layers, each usable on its own:
 //!
 //! - [`probe_once`] runs one attempt of a probe (`exec` through CRI
-//!   `ExecSync`, `httpGet`, `tcpSocket`) and says what it found, with the
+//!   `ExecSync`, `httpGet`, `tcpSocket`, `grpc`) and says what it found, with the
 //!   message upstream's kubelet would put in the `Unhealthy` event.
 //! - [`ProbeManager`] runs a worker per (container, probe kind) on the
 //!   probe's schedule, applies the success/failure thresholds, keeps the
@@ -33,6 +33,7 @@
 //!   fresh workers from [`ProbeManager::add_container`].
 
 mod exec;
+mod grpc;
 mod hooks;
 mod http;
 mod manager;
@@ -138,8 +139,8 @@ pub struct ProbeTarget {
 /// Runs one attempt of `probe` against `container`.
 ///
 /// `exec` goes through `runtime.exec_sync` with the probe's timeout on both
-/// sides; `httpGet` and `tcpSocket` connect from the node. gRPC probes are not
-/// implemented and come back [`ProbeOutcome::Unknown`].
+/// sides; `httpGet`, `tcpSocket` and `grpc` connect from the node (`grpc`
+/// always to the pod IP: the handler has no `host`).
 pub async fn probe_once(
     probe: &Probe,
     container: &Container,
@@ -164,8 +165,24 @@ pub async fn probe_once(
             Ok(port) => net::probe_tcp(&host, port, timeout).await,
             Err(message) => ProbeOutcome::Unknown(message),
         }
-    } else if probe.grpc.is_some() {
-        ProbeOutcome::Unknown("gRPC probes are not supported by this node".to_owned())
+    } else if let Some(action) = &probe.grpc {
+        // `mode: TLS` is behind upstream's alpha `GRPCContainerProbeTLS`
+        // gate; plaintext is the default and the only mode served here.
+        if let Some(mode) = action.mode.as_deref().filter(|m| *m != "Plaintext") {
+            return ProbeOutcome::Unknown(format!(
+                "gRPC probe mode {mode:?} is not supported by this node"
+            ));
+        }
+        let Some(ip) = target.pod_ip else {
+            return ProbeOutcome::Unknown(NO_POD_IP.to_owned());
+        };
+        match u16::try_from(action.port).ok().filter(|p| *p > 0) {
+            Some(port) => {
+                let service = action.service.as_deref().unwrap_or_default();
+                grpc::probe(ip, port, service, timeout).await
+            }
+            None => ProbeOutcome::Unknown(format!("invalid port number: {}", action.port)),
+        }
     } else {
         ProbeOutcome::Unknown(format!(
             "missing probe handler for container {:?}",
@@ -327,7 +344,7 @@ mod testutil {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, EnvVarSource, ExecAction};
+    use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, EnvVarSource, ExecAction, GRPCAction};
     use skiff_cri::fake::FakeRuntime;
 
     use super::*;
@@ -418,13 +435,45 @@ mod tests {
             ProbeOutcome::Unknown(m) if m.contains("missing probe handler")
         ));
         let grpc = Probe {
-            grpc: Some(Default::default()),
+            grpc: Some(GRPCAction {
+                mode: None,
+                port: 9000,
+                service: None,
+            }),
             ..Probe::default()
         };
-        assert!(matches!(
+        assert_eq!(
             probe_once(&grpc, &c, &target, &runtime).await,
-            ProbeOutcome::Unknown(_)
-        ));
+            ProbeOutcome::Unknown(NO_POD_IP.into())
+        );
+        let with_ip = ProbeTarget {
+            pod_ip: Some(IpAddr::from([127, 0, 0, 1])),
+            ..target.clone()
+        };
+        let bad_port = Probe {
+            grpc: Some(GRPCAction {
+                mode: None,
+                port: 0,
+                service: None,
+            }),
+            ..Probe::default()
+        };
+        assert_eq!(
+            probe_once(&bad_port, &c, &with_ip, &runtime).await,
+            ProbeOutcome::Unknown("invalid port number: 0".into())
+        );
+        let tls = Probe {
+            grpc: Some(GRPCAction {
+                mode: Some("TLS".into()),
+                port: 9000,
+                service: None,
+            }),
+            ..Probe::default()
+        };
+        assert_eq!(
+            probe_once(&tls, &c, &with_ip, &runtime).await,
+            ProbeOutcome::Unknown("gRPC probe mode \"TLS\" is not supported by this node".into())
+        );
         let tcp = Probe {
             tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
                 port: IntOrString::Int(80),

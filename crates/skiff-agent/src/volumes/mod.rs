@@ -14,6 +14,16 @@
 //!   [`VolumeManager::prepare`] so that they follow their sources. Secret and
 //!   projected volumes live on a tmpfs, so secrets never touch the disk.
 //!
+//! With a pod `fsGroup`, the volumes the agent writes (all but `hostPath`)
+//! belong to that group, with group read-write (read-only for the projected
+//! kinds) and setgid directories, as upstream's `SetVolumeOwnership` leaves
+//! them (see `ownership.rs`). Upstream passes no `fsGroupChangePolicy` for
+//! these volume kinds, and neither does this manager: the policy only
+//! governs persistent volumes, which are not served. A volume is walked when
+//! it is set up or its files are rewritten; a resync skips volumes whose
+//! root already shows the group. The containers get the `fsGroup` as a
+//! supplemental group through their CRI security context (`config`).
+//!
 //! [`VolumeManager::prepare`] is idempotent and cheap when nothing changed,
 //! which is what lets the pod worker call it on every sync. Calls for one pod
 //! must not overlap (the pod worker serialises them); different pods may run
@@ -22,13 +32,15 @@
 //! Not served (yet): persistent volume claims, CSI and other network or
 //! attachable volumes, image volumes, `emptyDir` medium `HugePages`, and the
 //! `serviceAccountToken`, `clusterTrustBundle` and `podCertificate` sources of
-//! projected volumes. Ownership (`fsGroup`, the alpha `defaultUser`/`user`
-//! fields) is not applied, and `sizeLimit` of a disk-backed `emptyDir` is not
-//! enforced.
+//! projected volumes, and the alpha `defaultUser`/`user` ownership fields.
+//! The `sizeLimit` of a disk-backed `emptyDir` is enforced by eviction
+//! (`crate::eviction`, measuring [`VolumeManager::empty_dir_path`]); a
+//! memory-backed one is a tmpfs of at most that size.
 
 mod atomic;
 mod hostpath;
 mod mount;
+mod ownership;
 mod payload;
 mod subpath;
 
@@ -79,6 +91,9 @@ pub enum VolumeError {
     /// A volume name that is not a plain single path component.
     #[error("invalid volume name {0:?}: must be a single path component")]
     InvalidVolumeName(String),
+    /// A pod `fsGroup` that is not a group id.
+    #[error("invalid fsGroup {0}: must be a group id")]
+    InvalidFsGroup(i64),
     /// Setting up one volume failed.
     #[error("MountVolume.SetUp failed for volume \"{volume}\" : {source}")]
     SetUp {
@@ -275,6 +290,7 @@ impl VolumeManager {
     ) -> Result<PodVolumes, VolumeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_dir = self.pod_dir(uid)?;
+        let fs_group = fs_group(pod)?;
         let volumes = pod
             .spec
             .as_ref()
@@ -292,12 +308,13 @@ impl VolumeManager {
         run_blocking(move || {
             let mut prepared = HashMap::with_capacity(plans.len());
             for (name, plan) in plans {
-                let volume = apply(&pod_dir, mounter.as_ref(), &name, plan).map_err(|source| {
-                    VolumeError::SetUp {
-                        volume: name.clone(),
-                        source,
-                    }
-                })?;
+                let volume =
+                    apply(&pod_dir, mounter.as_ref(), &name, plan, fs_group).map_err(|source| {
+                        VolumeError::SetUp {
+                            volume: name.clone(),
+                            source,
+                        }
+                    })?;
                 prepared.insert(name, volume);
             }
             Ok(PodVolumes { volumes: prepared })
@@ -334,6 +351,14 @@ impl VolumeManager {
         }
         uids.sort();
         Ok(uids)
+    }
+
+    /// Where the `emptyDir` `volume` of the pod `pod_uid` lives on the
+    /// node (whether or not it exists); `None` for names that are not
+    /// plain path components.
+    pub fn empty_dir_path(&self, pod_uid: &str, volume: &str) -> Option<PathBuf> {
+        let pod_dir = self.pod_dir(pod_uid).ok()?;
+        is_plain_component(volume).then(|| pod_dir.join("volumes").join(EMPTY_DIR).join(volume))
     }
 
     fn pod_dir(&self, uid: &str) -> Result<PathBuf, VolumeError> {
@@ -723,22 +748,44 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SetUpError
     }
 }
 
-/// Puts one planned volume on disk.
+/// The pod's `fsGroup` as a group id.
+fn fs_group(pod: &Pod) -> Result<Option<u32>, VolumeError> {
+    let group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group);
+    group
+        .map(|g| u32::try_from(g).map_err(|_| VolumeError::InvalidFsGroup(g)))
+        .transpose()
+}
+
+/// Puts one planned volume on disk, owned by `fs_group` if there is one.
 fn apply(
     pod_dir: &Path,
     mounter: &dyn Mounter,
     name: &str,
     plan: Plan,
+    fs_group: Option<u32>,
 ) -> Result<PreparedVolume, SetUpError> {
     match plan {
         Plan::EmptyDir { mode, tmpfs } => {
             let dir = pod_dir.join("volumes").join(EMPTY_DIR).join(name);
+            // The root keeps the bits the group walk gives it, or every
+            // resync would take them away again.
+            let mode = match fs_group {
+                Some(_) => mode | ownership::dir_bits(false),
+                None => mode,
+            };
             setup_dir(&dir, mode)?;
             if let Some(size) = tmpfs {
                 ensure_tmpfs(mounter, &dir, size)?;
                 // A fresh tmpfs root is 1777; the volume's mode applies to it.
                 fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
                     .map_err(io_err("chmod", &dir))?;
+            }
+            if let Some(gid) = fs_group {
+                own(&dir, gid, false, false)?;
             }
             Ok(PreparedVolume {
                 host_path: dir,
@@ -755,20 +802,43 @@ fn apply(
         Plan::Files {
             plugin,
             tmpfs,
-            payload,
+            mut payload,
         } => {
             let dir = pod_dir.join("volumes").join(plugin).join(name);
-            setup_dir(&dir, EMPTY_DIR_MODE)?;
+            let mode = match fs_group {
+                Some(_) => EMPTY_DIR_MODE | ownership::dir_bits(true),
+                None => EMPTY_DIR_MODE,
+            };
+            setup_dir(&dir, mode)?;
             if tmpfs {
                 ensure_tmpfs(mounter, &dir, None)?;
             }
-            atomic::write(&dir, &payload)?;
+            if fs_group.is_some() {
+                // Written with the group bits already, so that the next
+                // sync finds the files as it would write them.
+                for file in payload.values_mut() {
+                    file.mode |= ownership::file_bits(true);
+                }
+            }
+            let changed = atomic::write(&dir, &payload)?;
+            if let Some(gid) = fs_group {
+                own(&dir, gid, true, changed)?;
+            }
             Ok(PreparedVolume {
                 host_path: dir,
                 read_only: true,
             })
         }
     }
+}
+
+/// Gives `dir` to the group `gid`: a whole walk when its files were just
+/// (re)written, else only if its root shows that no walk finished yet.
+fn own(dir: &Path, gid: u32, read_only: bool, rewritten: bool) -> Result<(), SetUpError> {
+    if !rewritten && ownership::root_matches(dir, gid, read_only).map_err(io_err("stat", dir))? {
+        return Ok(());
+    }
+    ownership::apply(dir, gid, read_only).map_err(io_err("set ownership of", dir))
 }
 
 /// Creates `dir` (and its parents) and gives it exactly `mode`, whatever the
@@ -1044,6 +1114,141 @@ mod tests {
             fs::read_link(dir.join("a.conf")).expect("link"),
             Path::new("..data/a.conf")
         );
+    }
+
+    fn with_fs_group(mut pod: Pod, group: i64) -> Pod {
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+                fs_group: Some(group),
+                ..Default::default()
+            });
+        }
+        pod
+    }
+
+    fn owner(path: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path).expect("stat");
+        (meta.gid(), meta.mode() & 0o7777)
+    }
+
+    #[tokio::test]
+    async fn fs_group_owns_written_volumes_but_not_host_paths() {
+        let f = fixture();
+        let gid = ownership::test_gid();
+        let host = tempfile::tempdir().expect("host dir");
+        let host_gid = owner(host.path()).0;
+        let objects = StaticObjects::default()
+            .with_config_map(config_map(json!({"app.conf": "x"})))
+            .with_secret(secret(json!({"token": "c2VjcmV0"})));
+        let pod = with_fs_group(
+            pod(
+                json!([
+                    {"name": "scratch", "emptyDir": {}},
+                    {"name": "ram", "emptyDir": {"medium": "Memory"}},
+                    {"name": "config", "configMap": {"name": "cfg"}},
+                    {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+                    {"name": "info", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                    {"name": "host", "hostPath": {"path": host.path()}},
+                ]),
+                json!([]),
+            ),
+            i64::from(gid),
+        );
+        f.manager
+            .prepare(&pod, &objects, &node())
+            .await
+            .expect("prepare");
+
+        // Writable: group rw and setgid on top of the emptyDir's 0777.
+        assert_eq!(owner(&volume_dir(&f, EMPTY_DIR, "scratch")), (gid, 0o2777));
+        assert_eq!(owner(&volume_dir(&f, EMPTY_DIR, "ram")), (gid, 0o2777));
+        // Projected: group read on files, 0440 for a 0400 secret.
+        let config = volume_dir(&f, CONFIG_MAP, "config");
+        assert_eq!(owner(&config), (gid, 0o2777));
+        assert_eq!(owner(&config.join("app.conf")), (gid, 0o644));
+        assert_eq!(owner(&config.join("..data")), (gid, 0o2755));
+        let creds = volume_dir(&f, SECRET, "creds");
+        assert_eq!(owner(&creds.join("token")), (gid, 0o440));
+        let info = volume_dir(&f, DOWNWARD_API, "info");
+        assert_eq!(owner(&info.join("name")).0, gid);
+        assert_eq!(owner(host.path()).0, host_gid, "hostPath is left alone");
+
+        // A resync neither rewrites the files nor walks the volumes again.
+        let version = fs::read_link(creds.join("..data")).expect("version");
+        let scratch = volume_dir(&f, EMPTY_DIR, "scratch");
+        let written = scratch.join("private");
+        fs::write(&written, b"x").expect("write");
+        fs::set_permissions(&written, fs::Permissions::from_mode(0o600)).expect("chmod");
+        f.manager
+            .prepare(&pod, &objects, &node())
+            .await
+            .expect("resync");
+        assert_eq!(
+            fs::read_link(creds.join("..data")).expect("version"),
+            version
+        );
+        assert_eq!(
+            owner(&written),
+            (gid, 0o600),
+            "setgid gave the group; no walk"
+        );
+        assert_eq!(owner(&scratch), (gid, 0o2777));
+
+        // New contents are walked again.
+        let updated = StaticObjects::default()
+            .with_config_map(config_map(json!({"app.conf": "y", "more.conf": "z"})))
+            .with_secret(secret(json!({"token": "c2VjcmV0"})));
+        f.manager
+            .prepare(&pod, &updated, &node())
+            .await
+            .expect("update");
+        assert_eq!(owner(&config.join("more.conf")), (gid, 0o644));
+        assert_eq!(
+            fs::read_to_string(config.join("app.conf")).expect("read"),
+            "y"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_fs_group_volumes_keep_their_modes() {
+        let f = fixture();
+        let objects = StaticObjects::default().with_secret(secret(json!({"token": "c2VjcmV0"})));
+        let pod = pod(
+            json!([
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+            ]),
+            json!([]),
+        );
+        f.manager
+            .prepare(&pod, &objects, &node())
+            .await
+            .expect("prepare");
+        assert_eq!(owner(&volume_dir(&f, EMPTY_DIR, "scratch")).1, 0o777);
+        assert_eq!(
+            owner(&volume_dir(&f, SECRET, "creds").join("token")).1,
+            0o400
+        );
+
+        let bad = with_fs_group(pod, -1);
+        let err = f
+            .manager
+            .prepare(&bad, &objects, &node())
+            .await
+            .expect_err("negative group");
+        assert_eq!(err.to_string(), "invalid fsGroup -1: must be a group id");
+    }
+
+    #[test]
+    fn empty_dir_paths_follow_the_layout_and_refuse_escapes() {
+        let f = fixture();
+        assert_eq!(
+            f.manager.empty_dir_path(UID, "cache"),
+            Some(volume_dir(&f, EMPTY_DIR, "cache"))
+        );
+        assert_eq!(f.manager.empty_dir_path(UID, ".."), None);
+        assert_eq!(f.manager.empty_dir_path("../x", "cache"), None);
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Rows of Services, Endpoints, EndpointSlices, Ingresses, IngressClasses and
-//! NetworkPolicies.
+//! Rows of Services, Endpoints, EndpointSlices, Ingresses, IngressClasses,
+//! NetworkPolicies, ServiceCIDRs and IPAddresses.
 
 use std::collections::BTreeSet;
 
@@ -314,6 +314,57 @@ pub(crate) fn network_policy_row(obj: &Value, now: Timestamp) -> Vec<Value> {
     ]
 }
 
+/// Columns of `kubectl get servicecidrs`.
+pub(crate) const SERVICE_CIDR_COLUMNS: &[Column] = &[
+    NAME,
+    column(
+        "CIDRs",
+        "string",
+        "Ranges the Service cluster IPs are allocated from.",
+    ),
+    AGE,
+];
+
+/// One ServiceCIDR row: the ranges joined with commas.
+pub(crate) fn service_cidr_row(obj: &Value, now: Timestamp) -> Vec<Value> {
+    let cidrs: Vec<&str> = arr_at(obj, "/spec/cidrs")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    vec![name(obj), Value::from(cidrs.join(",")), age(obj, now)]
+}
+
+/// Columns of `kubectl get ipaddresses`: upstream declares no Age column (its
+/// row builder computes one that kubectl never shows).
+pub(crate) const IP_ADDRESS_COLUMNS: &[Column] = &[
+    NAME,
+    column(
+        "ParentRef",
+        "string",
+        "The object the address is allocated to.",
+    ),
+];
+
+/// One IPAddress row: the parent as `resource[.group][/namespace]/name`,
+/// lower-cased as upstream prints a GroupResource.
+pub(crate) fn ip_address_row(obj: &Value, _now: Timestamp) -> Vec<Value> {
+    let parent = match obj.pointer("/spec/parentRef").filter(|p| p.is_object()) {
+        Some(p) => {
+            let mut text = match opt_str_at(p, "/group") {
+                Some(group) => format!("{}.{group}", str_at(p, "/resource")),
+                None => str_at(p, "/resource").to_owned(),
+            }
+            .to_lowercase();
+            if let Some(ns) = opt_str_at(p, "/namespace") {
+                text = format!("{text}/{ns}");
+            }
+            format!("{text}/{}", str_at(p, "/name"))
+        }
+        None => "<none>".to_owned(),
+    };
+    vec![name(obj), Value::from(parent)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +476,32 @@ mod tests {
                 json!("IngressParameters.k8s.example.com/p")
             ]
         );
+    }
+
+    #[test]
+    fn service_cidr_and_ip_address_rows() {
+        let cidr =
+            json!({"metadata": meta(), "spec": {"cidrs": ["10.43.0.0/16", "fd00:43::/112"]}});
+        assert_eq!(
+            service_cidr_row(&cidr, now()),
+            vec![
+                json!("web"),
+                json!("10.43.0.0/16,fd00:43::/112"),
+                json!("60m")
+            ]
+        );
+        let ip = json!({"metadata": {"name": "10.43.0.1"}, "spec": {"parentRef": {
+            "group": "", "resource": "services", "namespace": "default", "name": "kubernetes"}}});
+        assert_eq!(
+            ip_address_row(&ip, now()),
+            vec![json!("10.43.0.1"), json!("services/default/kubernetes")]
+        );
+        let gateway = json!({"metadata": {"name": "10.0.0.9"}, "spec": {"parentRef": {
+            "group": "Gateway.Networking.k8s.io", "resource": "Gateways", "name": "gw"}}});
+        assert_eq!(
+            ip_address_row(&gateway, now())[1],
+            json!("gateways.gateway.networking.k8s.io/gw")
+        );
+        assert_eq!(ip_address_row(&json!({}), now())[1], json!("<none>"));
     }
 }

@@ -248,6 +248,12 @@ pub(crate) fn validate_service(errs: &mut Vec<FieldError>, obj: &Value, old: Opt
     }
 
     if ty == "ExternalName" {
+        if !cluster_ip.is_empty() || !arr_of(spec, "clusterIPs").is_empty() {
+            errs.push(forbidden(
+                &sp.child("clusterIPs"),
+                "may not be set for ExternalName services",
+            ));
+        }
         let name = str_of(spec, "externalName").trim_end_matches('.');
         if name.is_empty() {
             errs.push(required(&sp.child("externalName"), ""));
@@ -259,6 +265,12 @@ pub(crate) fn validate_service(errs: &mut Vec<FieldError>, obj: &Value, old: Opt
                 dns1123_subdomain_errors(name),
             );
         }
+    } else if headless && matches!(ty, "NodePort" | "LoadBalancer") {
+        errs.push(invalid(
+            &sp.child("clusterIPs").index(0),
+            cluster_ip,
+            &format!("may not be set to 'None' for {ty} services"),
+        ));
     } else if !cluster_ip.is_empty() && !headless {
         invalid_each(
             errs,
@@ -266,6 +278,23 @@ pub(crate) fn validate_service(errs: &mut Vec<FieldError>, obj: &Value, old: Opt
             cluster_ip,
             ip_errors(cluster_ip),
         );
+    }
+    // Only a LoadBalancer with local external traffic gets a health check
+    // port. Its absence there is not an error here: the API server allocates
+    // one after validation.
+    let local_lb = ty == "LoadBalancer" && str_of(spec, "externalTrafficPolicy") == "Local";
+    if let Some(port) = int_of(spec, "healthCheckNodePort").filter(|&p| p != 0) {
+        if local_lb {
+            for m in port_num_errors(port) {
+                errs.push(invalid(&sp.child("healthCheckNodePort"), port, &m));
+            }
+        } else {
+            errs.push(invalid(
+                &sp.child("healthCheckNodePort"),
+                port,
+                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            ));
+        }
     }
     for (i, ip) in arr_of(spec, "clusterIPs").iter().enumerate().skip(1) {
         let ip = ip.as_str().unwrap_or("");
@@ -881,6 +910,51 @@ mod tests {
         assert_eq!(
             f,
             ["spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"]
+        );
+    }
+
+    #[test]
+    fn service_type_dependent_fields() {
+        let f = run(
+            validate_service,
+            json!({"spec": {"type": "ExternalName", "externalName": "db.example",
+                "clusterIP": "10.43.0.9", "clusterIPs": ["10.43.0.9"]}}),
+            None,
+        );
+        assert_eq!(
+            f,
+            ["spec.clusterIPs: Forbidden: may not be set for ExternalName services"]
+        );
+        let f = run(
+            validate_service,
+            json!({"spec": {"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]}}),
+            None,
+        );
+        assert_eq!(
+            f,
+            [
+                "spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for NodePort services"
+            ]
+        );
+        let f = run(
+            validate_service,
+            json!({"spec": {"type": "NodePort", "healthCheckNodePort": 30100, "ports": [{"port": 80}]}}),
+            None,
+        );
+        assert_eq!(
+            f,
+            [
+                "spec.healthCheckNodePort: Invalid value: 30100: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+            ]
+        );
+        assert!(
+            run(
+                validate_service,
+                json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                    "healthCheckNodePort": 30100, "ports": [{"port": 80}]}}),
+                None
+            )
+            .is_empty()
         );
     }
 

@@ -518,6 +518,8 @@ fn garbage_input_never_panics() {
         ("networking.k8s.io", "Ingress"),
         ("networking.k8s.io", "NetworkPolicy"),
         ("networking.k8s.io", "IngressClass"),
+        ("networking.k8s.io", "ServiceCIDR"),
+        ("networking.k8s.io", "IPAddress"),
         ("storage.k8s.io", "StorageClass"),
         ("policy", "PodDisruptionBudget"),
         ("scheduling.k8s.io", "PriorityClass"),

@@ -8,6 +8,7 @@ mod util;
 mod batch;
 mod failures;
 mod lifecycle;
+mod network;
 mod policy;
 mod registry;
 mod static_pods;

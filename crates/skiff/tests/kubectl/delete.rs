@@ -151,8 +151,13 @@ metadata:
 fn foreground_deletion_is_visible_while_in_progress() {
     let c = cluster();
     let ns = c.namespace("cascade-fg-visible");
-    owner_and_child(ns.name(), "owner", "child");
-    // A finalizer on the child holds the foreground deletion open.
+    let uid = owner_and_child(ns.name(), "owner", "child");
+    // A finalizer on the child holds the foreground deletion open: the
+    // child blocks its owner's deletion (only such dependents do, as
+    // upstream's garbage collector has it).
+    let hold = format!(
+        r#"{{"metadata":{{"finalizers":["example.com/hold"],"ownerReferences":[{{"apiVersion":"v1","kind":"ConfigMap","name":"owner","uid":"{uid}","blockOwnerDeletion":true}}]}}}}"#
+    );
     c.kubectl_ok(&[
         "patch",
         "cm",
@@ -162,7 +167,7 @@ fn foreground_deletion_is_visible_while_in_progress() {
         "--type",
         "merge",
         "-p",
-        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+        &hold,
     ]);
     c.kubectl_ok(&[
         "delete",
@@ -187,6 +192,10 @@ fn foreground_deletion_is_visible_while_in_progress() {
         get_json(&["get", "cm", "child", "-n", ns.name()])["metadata"]["deletionTimestamp"]
             .is_string()
     });
+    assert!(
+        exists(ns.name(), "owner"),
+        "the held child blocks its owner"
+    );
     c.kubectl_ok(&[
         "patch",
         "cm",

@@ -1,0 +1,265 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, Event};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::host::fake::RecordingHost;
+
+fn service(name: &str, ip: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": name},
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]},
+    }))
+    .unwrap()
+}
+
+fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": format!("{service}-1"),
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+fn proxier() -> (Proxier, Arc<RecordingHost>) {
+    let host = Arc::new(RecordingHost::default());
+    (Proxier::new(ProxyConfig::default(), host.clone()), host)
+}
+
+#[test]
+fn the_first_sync_replaces_the_table_later_ones_apply_differences() {
+    let (mut proxier, host) = proxier();
+    let services = [Arc::new(service("web", "10.43.0.20"))];
+    let stats = proxier
+        .sync(&services, &[Arc::new(slice("web", &["10.42.1.5"]))])
+        .unwrap();
+    assert_eq!(stats.mode, SyncMode::Full);
+    let scripts = host.scripts();
+    assert_eq!(scripts.len(), 1);
+    assert!(scripts[0].starts_with("add table ip skiff-proxy\ndelete table ip skiff-proxy\n"));
+    assert_eq!(stats.script_bytes, scripts[0].len());
+
+    // Nothing changed: nft is not run.
+    let stats = proxier
+        .sync(&services, &[Arc::new(slice("web", &["10.42.1.5"]))])
+        .unwrap();
+    assert_eq!(
+        (stats.mode, stats.apply),
+        (SyncMode::Unchanged, Duration::ZERO)
+    );
+    assert_eq!(host.scripts().len(), 1);
+
+    // An endpoint replaced: only its chains and the Service chain change.
+    let stats = proxier
+        .sync(&services, &[Arc::new(slice("web", &["10.42.1.6"]))])
+        .unwrap();
+    assert_eq!(stats.mode, SyncMode::Incremental);
+    assert_eq!(
+        host.scripts()[1],
+        "add chain ip skiff-proxy ep-default/web/tcp/http__10.42.1.6/8080\n\
+         flush chain ip skiff-proxy ep-default/web/tcp/http__10.42.1.5/8080\n\
+         flush chain ip skiff-proxy svc-default/web/tcp/http\n\
+         add rule ip skiff-proxy ep-default/web/tcp/http__10.42.1.6/8080 ip saddr 10.42.1.6 jump mark-for-masquerade\n\
+         add rule ip skiff-proxy ep-default/web/tcp/http__10.42.1.6/8080 meta l4proto tcp dnat to 10.42.1.6:8080\n\
+         add rule ip skiff-proxy svc-default/web/tcp/http ip daddr 10.43.0.20 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade\n\
+         add rule ip skiff-proxy svc-default/web/tcp/http goto ep-default/web/tcp/http__10.42.1.6/8080\n\
+         delete chain ip skiff-proxy ep-default/web/tcp/http__10.42.1.5/8080\n"
+    );
+}
+
+#[test]
+fn a_failed_update_falls_back_to_a_full_replacement() {
+    let (mut proxier, host) = proxier();
+    let services = [Arc::new(service("web", "10.43.0.20"))];
+    proxier.sync(&services, &[]).unwrap();
+    *host.fail_next.lock().unwrap() = 1;
+    let stats = proxier
+        .sync(&services, &[Arc::new(slice("web", &["10.42.1.5"]))])
+        .unwrap();
+    assert_eq!(stats.mode, SyncMode::Full);
+    let scripts = host.scripts();
+    assert_eq!(scripts.len(), 2);
+    assert!(scripts[1].starts_with("add table ip skiff-proxy\ndelete table"));
+}
+
+#[test]
+fn after_a_failed_sync_the_next_one_replaces_the_table() {
+    let (mut proxier, host) = proxier();
+    let services = [Arc::new(service("web", "10.43.0.20"))];
+    proxier.sync(&services, &[]).unwrap();
+    *host.fail_next.lock().unwrap() = 2;
+    let error = proxier
+        .sync(&services, &[Arc::new(slice("web", &["10.42.1.5"]))])
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ProxyError::Apply {
+                mode: SyncMode::Full,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    // Same snapshot again: not "unchanged", since the table is unknown now.
+    let stats = proxier
+        .sync(&services, &[Arc::new(slice("web", &["10.42.1.5"]))])
+        .unwrap();
+    assert_eq!(stats.mode, SyncMode::Full);
+}
+
+type Sender<K> = mpsc::UnboundedSender<watcher::Result<Event<K>>>;
+
+/// Starts `serve` on fake watch streams; returns their senders.
+fn start(
+    host: Arc<RecordingHost>,
+    shutdown: CancellationToken,
+) -> (
+    Sender<Service>,
+    Sender<EndpointSlice>,
+    tokio::task::JoinHandle<Result<(), ProxyError>>,
+) {
+    let (service_tx, service_rx) = mpsc::unbounded();
+    let (slice_tx, slice_rx) = mpsc::unbounded();
+    let (services, services_writer) = reflector::store();
+    let (slices, slices_writer) = reflector::store();
+    let proxier = Proxier::new(ProxyConfig::default(), host);
+    let task = tokio::spawn(serve(
+        proxier,
+        (services, reflector::reflector(services_writer, service_rx)),
+        (slices, reflector::reflector(slices_writer, slice_rx)),
+        shutdown,
+    ));
+    (service_tx, slice_tx, task)
+}
+
+/// Lets the loop run for `ms` of (paused) time.
+async fn after(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    // The blocking sync finishes on another thread; give it real time.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_waits_for_both_lists_batches_changes_and_leaves_rules_on_shutdown() {
+    let host = Arc::new(RecordingHost::default());
+    let shutdown = CancellationToken::new();
+    let (services, slices, task) = start(host.clone(), shutdown.clone());
+
+    services.unbounded_send(Ok(Event::Init)).unwrap();
+    services
+        .unbounded_send(Ok(Event::InitApply(service("web", "10.43.0.20"))))
+        .unwrap();
+    services.unbounded_send(Ok(Event::InitDone)).unwrap();
+    after(500).await;
+    assert!(
+        host.scripts().is_empty(),
+        "synced before the slices were listed"
+    );
+
+    slices.unbounded_send(Ok(Event::Init)).unwrap();
+    slices
+        .unbounded_send(Ok(Event::InitApply(slice("web", &["10.42.1.5"]))))
+        .unwrap();
+    slices.unbounded_send(Ok(Event::InitDone)).unwrap();
+    // The listing started long ago: the first sync is due at once.
+    after(1).await;
+    let scripts = host.scripts();
+    assert_eq!(scripts.len(), 1);
+    assert!(scripts[0].contains("10.43.0.20 . tcp . 80 : goto svc-default/web/tcp/http"));
+    assert_eq!(
+        *host.sysctls.lock().unwrap(),
+        [
+            ("net.ipv4.ip_forward".to_owned(), "1".to_owned()),
+            (
+                "net.bridge.bridge-nf-call-iptables".to_owned(),
+                "1".to_owned()
+            ),
+        ]
+    );
+
+    // A burst of changes is one sync, `sync_delay` after its first change.
+    for ip in ["10.42.1.6", "10.42.1.7", "10.42.1.8"] {
+        slices
+            .unbounded_send(Ok(Event::Apply(slice("web", &[ip]))))
+            .unwrap();
+        after(10).await;
+    }
+    slices
+        .unbounded_send(Err(watcher::Error::NoResourceVersion))
+        .unwrap();
+    after(50).await;
+    assert_eq!(host.scripts().len(), 1, "synced before the delay");
+    after(50).await;
+    let scripts = host.scripts();
+    assert_eq!(scripts.len(), 2);
+    assert!(scripts[1].contains("dnat to 10.42.1.8:8080"));
+    assert!(!scripts[1].contains("dnat to 10.42.1.7:8080"));
+
+    // A deleted Service is removed; an unchanged re-apply runs nothing.
+    services
+        .unbounded_send(Ok(Event::Delete(service("web", "10.43.0.20"))))
+        .unwrap();
+    after(200).await;
+    services
+        .unbounded_send(Ok(Event::Apply(service("other", "10.43.0.21"))))
+        .unwrap();
+    services
+        .unbounded_send(Ok(Event::Delete(service("other", "10.43.0.21"))))
+        .unwrap();
+    after(200).await;
+    let scripts = host.scripts();
+    assert_eq!(scripts.len(), 3, "{scripts:#?}");
+    assert!(
+        scripts[2].contains("delete element ip skiff-proxy service-ips { 10.43.0.20 . tcp . 80 }")
+    );
+    assert!(scripts[2].contains("delete chain ip skiff-proxy svc-default/web/tcp/http\n"));
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(host.scripts().len(), 3, "shutdown touched the rules");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_sync_is_retried() {
+    let host = Arc::new(RecordingHost::default());
+    *host.fail_next.lock().unwrap() = 1;
+    let shutdown = CancellationToken::new();
+    let (services, slices, task) = start(host.clone(), shutdown.clone());
+    services.unbounded_send(Ok(Event::Init)).unwrap();
+    services.unbounded_send(Ok(Event::InitDone)).unwrap();
+    slices.unbounded_send(Ok(Event::Init)).unwrap();
+    slices.unbounded_send(Ok(Event::InitDone)).unwrap();
+    after(200).await;
+    assert!(host.scripts().is_empty());
+    after(1000).await;
+    assert_eq!(host.scripts().len(), 1);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_closed_watch_is_an_error() {
+    let host = Arc::new(RecordingHost::default());
+    let (services, _slices, task) = start(host, CancellationToken::new());
+    drop(services);
+    let error = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, ProxyError::WatchEnded("Service")),
+        "{error}"
+    );
+}
