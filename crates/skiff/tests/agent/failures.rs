@@ -214,3 +214,72 @@ spec:
     let described = cluster().kubectl_ok(&["describe", "pod", "typo", "-n", ns.name()]);
     assert!(described.contains("no-such-binary"), "{described}");
 }
+
+/// A gRPC health responder on port 9000 answering SERVING (`\010\001`) once
+/// per connection: the HTTP/2 frames of one `grpc.health.v1.Health/Check`
+/// reply, served by busybox `nc`.
+const GRPC_SERVING: &str = r#"
+      cat > /tmp/serve.sh <<'EOF'
+      #!/bin/sh
+      printf '\000\000\000\004\000\000\000\000\000'
+      sleep 1
+      printf '\000\000\000\004\001\000\000\000\000'
+      printf '\000\000\024\001\004\000\000\000\001\210\017\020\020application/grpc'
+      printf '\000\000\007\000\000\000\000\000\001\000\000\000\000\002\010\001'
+      printf '\000\000\017\001\005\000\000\000\001\000\013grpc-status\001\060'
+      sleep 1
+      EOF
+      chmod +x /tmp/serve.sh
+      exec nc -ll -p 9000 -e /tmp/serve.sh"#;
+
+#[test]
+fn grpc_probes_gate_readiness_and_restart_on_failure() {
+    let ns = cluster().namespace("grpc");
+    apply(
+        ns.name(),
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: serving}}
+spec:
+  nodeName: NODE
+  containers:
+  - name: main
+    image: IMAGE
+    command: [sh, -c]
+    args:
+    - |{GRPC_SERVING}
+    readinessProbe:
+      grpc: {{port: 9000}}
+      timeoutSeconds: 3
+      periodSeconds: 5
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: silent}}
+spec:
+  nodeName: NODE
+  containers:
+  - name: main
+    image: IMAGE
+    command: [sh, -c, "exec sleep 3600"]
+    livenessProbe:
+      grpc: {{port: 9000}}
+      periodSeconds: 2
+      failureThreshold: 2
+"#
+        ),
+    );
+    wait_pod(ns.name(), "serving", "Ready through the gRPC probe", |p| {
+        container_status(p, "main")["ready"] == true
+    });
+    wait_pod(ns.name(), "silent", "a gRPC liveness restart", |p| {
+        restart_count(p, "main") >= 1
+    });
+    let described = cluster().kubectl_ok(&["describe", "pod", "silent", "-n", ns.name()]);
+    assert!(
+        described.contains("Liveness probe failed: timeout: failed to connect service"),
+        "{described}"
+    );
+}

@@ -464,3 +464,92 @@ stringData: {k: v}
     wait_running(ns.name(), "blocked");
     assert_eq!(exec(ns.name(), "blocked", &["cat", "/s/k"]), "v");
 }
+
+#[test]
+fn fs_group_owns_written_volumes_and_joins_the_container_groups() {
+    let ns = cluster().namespace("vol-fsgroup");
+    apply(
+        ns.name(),
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {token: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grouped}
+spec:
+  nodeName: NODE
+  securityContext: {runAsUser: 1000, runAsGroup: 3000, fsGroup: 2000, supplementalGroups: [4000]}
+  containers:
+  - name: main
+    image: IMAGE
+    command: [sh, -c, "echo hi > /data/by-app; exec sleep 3600"]
+    volumeMounts:
+    - {name: data, mountPath: /data}
+    - {name: creds, mountPath: /creds}
+  volumes:
+  - {name: data, emptyDir: {}}
+  - {name: creds, secret: {secretName: creds, defaultMode: 0400}}
+"#,
+    );
+    wait_running(ns.name(), "grouped");
+    let groups = exec(ns.name(), "grouped", &["id", "-G"]);
+    let groups: Vec<&str> = groups.split_whitespace().collect();
+    assert!(
+        groups.contains(&"2000") && groups.contains(&"4000"),
+        "{groups:?}"
+    );
+    let stat = |path: &str| {
+        exec(ns.name(), "grouped", &["stat", "-L", "-c", "%a %u %g", path])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(stat("/data"), "2777 0 2000");
+    eventually("the app's file", Duration::from_secs(10), || {
+        stat("/data/by-app") == "644 1000 2000"
+    });
+    assert_eq!(stat("/creds/token"), "440 0 2000");
+    // Readable through the group alone.
+    assert_eq!(exec(ns.name(), "grouped", &["cat", "/creds/token"]), "s3cret");
+}
+
+#[test]
+fn an_empty_dir_over_its_size_limit_evicts_the_pod() {
+    let ns = cluster().namespace("vol-evict");
+    apply(
+        ns.name(),
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: IMAGE
+    command: [sh, -c, "dd if=/dev/zero of=/scratch/big bs=1M count=20 && exec sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+  - {name: scratch, emptyDir: {sizeLimit: 10Mi}}
+"#,
+    );
+    let mut last = serde_json::Value::Null;
+    let evicted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually("the pod evicted", Duration::from_secs(60), || {
+            last = pod(ns.name(), "hog");
+            last["status"]["phase"] == "Failed"
+        })
+    }));
+    assert!(evicted.is_ok(), "{:#}", last["status"]);
+    assert_eq!(last["status"]["reason"], "Evicted");
+    assert_eq!(
+        last["status"]["message"],
+        "Usage of EmptyDir volume \"scratch\" exceeds the limit \"10Mi\". "
+    );
+    assert!(event_reasons(ns.name(), "hog").contains(&"Evicted".to_string()));
+    // Killed, not restarted.
+    assert_eq!(container_status(&last, "main")["restartCount"], 0);
+}
