@@ -502,9 +502,13 @@ spec:
         "{groups:?}"
     );
     let stat = |path: &str| {
-        exec(ns.name(), "grouped", &["stat", "-L", "-c", "%a %u %g", path])
-            .trim()
-            .to_string()
+        exec(
+            ns.name(),
+            "grouped",
+            &["stat", "-L", "-c", "%a %u %g", path],
+        )
+        .trim()
+        .to_string()
     };
     assert_eq!(stat("/data"), "2777 0 2000");
     eventually("the app's file", Duration::from_secs(10), || {
@@ -512,7 +516,10 @@ spec:
     });
     assert_eq!(stat("/creds/token"), "440 0 2000");
     // Readable through the group alone.
-    assert_eq!(exec(ns.name(), "grouped", &["cat", "/creds/token"]), "s3cret");
+    assert_eq!(
+        exec(ns.name(), "grouped", &["cat", "/creds/token"]),
+        "s3cret"
+    );
 }
 
 #[test]
