@@ -33,6 +33,9 @@ use crate::routes::{Conflict, Inputs, RoutingTable};
 use crate::status;
 use crate::tls::{CertProblem, CertStore, SECRET_TYPE_TLS};
 
+#[cfg(test)]
+mod tests;
+
 /// How long the loop waits after a change for more changes.
 const COALESCE: Duration = Duration::from_millis(50);
 /// The pause before retrying a failed API write.
