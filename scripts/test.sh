@@ -21,6 +21,10 @@ while IFS='=' read -r name value; do
 done <<<"$tool_env"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/skiff/target}"
+# One build per run: incremental state only grows the target directory, and a
+# nearly full disk makes the test node report DiskPressure (upstream's 10%).
+export CARGO_INCREMENTAL=0
+rm -rf "$CARGO_TARGET_DIR/debug/incremental"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "==> cargo fmt" >&2

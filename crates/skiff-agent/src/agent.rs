@@ -58,6 +58,9 @@ pub struct AgentOptions {
     pub cluster_dns: Option<ClusterDns>,
     /// Linux bridge for pod networking.
     pub bridge: String,
+    /// Whether this node's local-path provisioner also takes claims of
+    /// Immediate-binding classes (the server's own node only).
+    pub provision_immediate: bool,
 }
 
 /// Why the agent stopped.
@@ -168,6 +171,17 @@ pub async fn run(
 
     let recorder = EventRecorder::new(client.clone(), "kubelet", &options.node_name);
     let client_for_static_pods = client.clone();
+    let provisioner = crate::provisioner::run(
+        client.clone(),
+        crate::provisioner::ProvisionerConfig {
+            immediate: options.provision_immediate,
+            ..crate::provisioner::ProvisionerConfig::new(
+                options.node_name.clone(),
+                options.dir.join("storage"),
+            )
+        },
+        shutdown.child_token(),
+    );
     let volumes = VolumeManager::new(options.dir.join("pods"), Arc::new(LinuxMounter));
     let manager_config = PodManagerConfig {
         node_name: options.node_name.clone(),
@@ -213,7 +227,8 @@ pub async fn run(
     let pods = manager.run(shutdown.child_token());
     let rotator = LogRotator::new(runtime_for_logs, RotationPolicy::default());
     let rotation = rotator.run(LOG_ROTATION_PERIOD, shutdown.child_token());
-    let (served, (), (), (), node) = tokio::join!(server, pods, rotation, static_pods, node_task);
+    let (served, (), (), (), (), node) =
+        tokio::join!(server, pods, rotation, static_pods, provisioner, node_task);
     shutdown.cancel();
     stop_containerd(containerd).await?;
     served?;

@@ -8,6 +8,8 @@
 //!   and Secrets.
 //! - [`eviction`]: pods whose disk `emptyDir` outgrows its `sizeLimit` are
 //!   evicted, as upstream's eviction manager does.
+//! - [`provisioner`]: the built-in `local-path` dynamic provisioner: volume
+//!   directories on this node for claims scheduled here, removed on reclaim.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -23,6 +25,7 @@ pub mod node;
 pub mod objects;
 pub mod pods;
 pub mod probes;
+pub mod provisioner;
 pub mod server;
 pub mod static_pods;
 pub mod streaming;

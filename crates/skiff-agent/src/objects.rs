@@ -1,9 +1,12 @@
 //! Where the agent reads the API objects a pod refers to.
 //!
-//! Env vars and volumes name ConfigMaps and Secrets, and every container's
+//! Env vars and volumes name ConfigMaps, Secrets and PersistentVolumeClaims
+//! (and through those, PersistentVolumes), and every container's
 //! environment carries the docker-links variables of Services. The pod
-//! manager reads ConfigMaps and Secrets from the API server when a pod needs
-//! them, and Services from one cluster-wide watch ([`ServiceCache`]), as
+//! manager reads ConfigMaps, Secrets, claims and volumes from the API server
+//! when a pod needs them (a claim volume is resolved once per pod, so a watch
+//! would cost more than it saves), and Services from one cluster-wide watch
+//! ([`ServiceCache`]), as
 //! upstream's kubelet keeps a Service informer: every container start needs
 //! them, and a list per start would cost the API server a full read each
 //! time. Tests answer from maps. Keeping the seam this small lets env
@@ -14,7 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -23,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 /// Why an object could not be read. An absent object is not an error: the
 /// lookups return `Ok(None)`, because `optional: true` references are legal.
 #[derive(Debug, thiserror::Error)]
-#[error("reading {kind} {namespace}/{name}: {message}")]
+#[error("reading {kind} {}{name}: {message}", namespace_prefix(.namespace))]
 pub struct ObjectError {
-    /// `ConfigMap`, `Secret` or `Service`.
+    /// `ConfigMap`, `Secret`, `Service`, `PersistentVolumeClaim` or
+    /// `PersistentVolume`.
     pub kind: &'static str,
-    /// The object's namespace.
+    /// The object's namespace (empty for a PersistentVolume).
     pub namespace: String,
     /// The object's name (`*` for a whole namespace).
     pub name: String,
@@ -35,7 +41,17 @@ pub struct ObjectError {
     pub message: String,
 }
 
-/// Read access to the ConfigMaps, Secrets and Services pods reference.
+/// `namespace/`, or nothing for a cluster-scoped object.
+fn namespace_prefix(namespace: &str) -> String {
+    if namespace.is_empty() {
+        String::new()
+    } else {
+        format!("{namespace}/")
+    }
+}
+
+/// Read access to the ConfigMaps, Secrets, Services and storage objects pods
+/// reference.
 #[async_trait]
 pub trait ObjectSource: Send + Sync {
     /// The ConfigMap `namespace/name`, or `None` if it does not exist.
@@ -51,6 +67,20 @@ pub trait ObjectSource: Send + Sync {
 
     /// Every Service of `namespace`, for the docker-links variables.
     async fn services(&self, namespace: &str) -> Result<Vec<Arc<Service>>, ObjectError>;
+
+    /// The PersistentVolumeClaim `namespace/name`, or `None` if it does not
+    /// exist.
+    async fn persistent_volume_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolumeClaim>>, ObjectError>;
+
+    /// The PersistentVolume `name`, or `None` if it does not exist.
+    async fn persistent_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolume>>, ObjectError>;
 }
 
 /// How long a lookup waits for the first list of Services before failing
@@ -149,6 +179,11 @@ pub struct StaticObjects {
     pub secrets: std::collections::HashMap<(String, String), Arc<Secret>>,
     /// Services, in any namespace.
     pub services: Vec<Arc<Service>>,
+    /// PersistentVolumeClaims by `(namespace, name)`.
+    pub persistent_volume_claims:
+        std::collections::HashMap<(String, String), Arc<PersistentVolumeClaim>>,
+    /// PersistentVolumes by name.
+    pub persistent_volumes: std::collections::HashMap<String, Arc<PersistentVolume>>,
 }
 
 #[cfg(test)]
@@ -176,6 +211,24 @@ impl StaticObjects {
     /// Adds a Service.
     pub fn with_service(mut self, service: Service) -> Self {
         self.services.push(Arc::new(service));
+        self
+    }
+
+    /// Adds a PersistentVolumeClaim; its namespace and name come from its
+    /// metadata.
+    pub fn with_persistent_volume_claim(mut self, claim: PersistentVolumeClaim) -> Self {
+        let key = (
+            claim.metadata.namespace.clone().unwrap_or_default(),
+            claim.metadata.name.clone().unwrap_or_default(),
+        );
+        self.persistent_volume_claims.insert(key, Arc::new(claim));
+        self
+    }
+
+    /// Adds a PersistentVolume; its name comes from its metadata.
+    pub fn with_persistent_volume(mut self, volume: PersistentVolume) -> Self {
+        let name = volume.metadata.name.clone().unwrap_or_default();
+        self.persistent_volumes.insert(name, Arc::new(volume));
         self
     }
 }
@@ -208,6 +261,22 @@ impl ObjectSource for StaticObjects {
             .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
             .cloned()
             .collect())
+    }
+
+    async fn persistent_volume_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolumeClaim>>, ObjectError> {
+        let key = (namespace.to_string(), name.to_string());
+        Ok(self.persistent_volume_claims.get(&key).cloned())
+    }
+
+    async fn persistent_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolume>>, ObjectError> {
+        Ok(self.persistent_volumes.get(name).cloned())
     }
 }
 
@@ -299,6 +368,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), open_then_closed)
             .await
             .expect("the watch closes when the cache is dropped");
+    }
+
+    #[test]
+    fn errors_name_cluster_scoped_objects_without_a_namespace() {
+        let error = |namespace: &str| ObjectError {
+            kind: "PersistentVolume",
+            namespace: namespace.into(),
+            name: "pv-1".into(),
+            message: "forbidden".into(),
+        };
+        assert_eq!(
+            error("").to_string(),
+            "reading PersistentVolume pv-1: forbidden"
+        );
+        assert_eq!(
+            error("ns").to_string(),
+            "reading PersistentVolume ns/pv-1: forbidden"
+        );
     }
 
     #[tokio::test(start_paused = true)]

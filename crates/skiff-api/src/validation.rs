@@ -22,6 +22,7 @@ mod meta;
 pub mod names;
 mod other;
 mod pod;
+mod storage;
 
 use serde_json::Value;
 
@@ -67,8 +68,8 @@ fn rule_for(group: &str, kind: &str) -> Option<Rule> {
         ("", "Node") => rule(CLUSTER, sub, core::validate_node),
         ("", "Event") => rule(NS, sub, core::validate_core_event),
         ("", "ServiceAccount") => rule(NS, sub, core::validate_service_account),
-        ("", "PersistentVolume") => rule(CLUSTER, sub, core::validate_pv),
-        ("", "PersistentVolumeClaim") => rule(NS, sub, core::validate_pvc),
+        ("", "PersistentVolume") => rule(CLUSTER, sub, storage::validate_pv),
+        ("", "PersistentVolumeClaim") => rule(NS, sub, storage::validate_pvc),
         ("", "ResourceQuota") => rule(NS, sub, core::validate_resource_quota),
         ("", "LimitRange") => rule(NS, sub, core::validate_limit_range),
         ("events.k8s.io", "Event") => rule(NS, sub, other::validate_events_event),
@@ -92,7 +93,7 @@ fn rule_for(group: &str, kind: &str) -> Option<Rule> {
             addresses::name_is_ip_address,
             addresses::validate_ip_address,
         ),
-        ("storage.k8s.io", "StorageClass") => rule(CLUSTER, sub, other::validate_storage_class),
+        ("storage.k8s.io", "StorageClass") => rule(CLUSTER, sub, storage::validate_storage_class),
         ("policy", "PodDisruptionBudget") => rule(NS, sub, other::validate_pdb),
         ("scheduling.k8s.io", "PriorityClass") => {
             rule(CLUSTER, sub, other::validate_priority_class)

@@ -174,6 +174,7 @@ impl Rest {
         skiff_api::defaults::apply_defaults(rt.group, rt.kind, &mut obj);
         skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
         admission::priority(self, rt, &name, &mut obj).await?;
+        admission::storage::admit(self, rt, &mut obj).await?;
         admission::limit_ranges(self, rt, &mut obj).await?;
         if rt.group == "batch" && rt.kind == "Job" {
             skiff_api::defaults::generate_job_selector(&mut obj);
@@ -253,11 +254,21 @@ impl Rest {
                 ));
             }
             let removing = strategy::ready_to_remove(target.rt, &new);
+            let charge =
+                admission::quota::admit_update(self, target.rt, &current.object, &new, dry_run)
+                    .await?;
             let allocation = if removing {
                 services::Allocation::none()
             } else {
-                services::allocate_update(self, target.rt, &current.object, &mut new, dry_run)
-                    .await?
+                match services::allocate_update(self, target.rt, &current.object, &mut new, dry_run)
+                    .await
+                {
+                    Ok(allocation) => allocation,
+                    Err(e) => {
+                        charge.refund(self).await;
+                        return Err(e);
+                    }
+                }
             };
             if dry_run {
                 object::set_resource_version(&mut new, current.revision);
@@ -274,6 +285,7 @@ impl Rest {
                     Ok(bytes) => self.store.update(&key, bytes, current.revision).await,
                     Err(e) => {
                         allocation.revert(self).await;
+                        charge.refund(self).await;
                         return Err(e);
                     }
                 }
@@ -289,9 +301,13 @@ impl Rest {
                 }
                 // Retry: the mutation runs again on the fresh object, and a
                 // pinned resourceVersion then fails the precondition with 409.
-                Err(StoreError::Conflict { .. }) => allocation.revert(self).await,
+                Err(StoreError::Conflict { .. }) => {
+                    allocation.revert(self).await;
+                    charge.refund(self).await;
+                }
                 Err(e) => {
                     allocation.revert(self).await;
+                    charge.refund(self).await;
                     return Err(ApiError::from_store(target.rt, target.name, e));
                 }
             }

@@ -43,6 +43,7 @@ pub struct Settings {
 struct Outcome {
     services: usize,
     chains: usize,
+    elements: usize,
     first: SyncStats,
     replace: SyncStats,
     change: SyncStats,
@@ -70,6 +71,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut table = Table::new([
         "services",
         "chains",
+        "set elements",
         "full: render",
         "full: apply",
         "full: total",
@@ -82,6 +84,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         table.row([
             o.services.to_string(),
             o.chains.to_string(),
+            o.elements.to_string(),
             ms(o.first.render),
             ms(o.first.apply),
             ms(total(&o.first)),
@@ -126,7 +129,12 @@ fn measure(services: usize, endpoints: usize, runs: usize) -> anyhow::Result<Out
     let mut proxier = Proxier::new(config.clone(), host.clone());
     let first = proxier.sync(&objects, &slices).context("full sync")?;
     expect(&first, SyncMode::Full)?;
-    eprintln!("  full sync {:?} ({} chains)", total(&first), first.chains);
+    eprintln!(
+        "  full sync {:?} ({} chains, {} set elements)",
+        total(&first),
+        first.chains,
+        first.elements
+    );
     let replace = Proxier::new(config, host)
         .sync(&objects, &slices)
         .context("restart sync")?;
@@ -153,6 +161,7 @@ fn measure(services: usize, endpoints: usize, runs: usize) -> anyhow::Result<Out
     Ok(Outcome {
         services,
         chains: first.chains,
+        elements: first.elements,
         first,
         replace,
         change,
@@ -260,7 +269,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn synthetic_objects_render_one_chain_per_service_and_endpoint() {
+    fn synthetic_objects_render_map_elements_not_chains() {
         let services: Vec<_> = (0..3).map(|i| Arc::new(service(i))).collect();
         let slices: Vec<_> = (0..3).map(|i| Arc::new(slice(i, 3, 0))).collect();
         let rules = skiff_proxy::render(&ProxyConfig::default(), &services, &slices);
@@ -268,7 +277,12 @@ mod tests {
             .chain_names()
             .filter(|c| c.starts_with("svc-") || c.starts_with("ep-"))
             .count();
-        assert_eq!(per_service, 3 * (1 + 3));
+        assert_eq!(per_service, 0);
+        assert!(rules.chain("pick-3").is_some());
+        // Per Service: its ClusterIP and three endpoints; each endpoint's
+        // address once in the hairpin set.
+        assert_eq!(rules.map("endpoints-3").map(|m| m.len()), Some(9));
+        assert_eq!(rules.element_count(), 3 * (1 + 3) + 9);
         assert_eq!(
             service(0).spec.unwrap().cluster_ip.as_deref(),
             Some("10.43.0.1")

@@ -57,6 +57,9 @@
 //! - [`node_ipam`]: gives each Node a pod CIDR from the cluster CIDR.
 //! - [`node_lifecycle`]: marks Nodes that stop heartbeating Unknown, taints
 //!   unhealthy Nodes and evicts the pods that do not tolerate NoExecute taints.
+//! - [`persistentvolume`]: binds PersistentVolumeClaims to
+//!   PersistentVolumes, hands unmatched claims to their class's provisioner
+//!   and releases volumes whose claims are gone.
 //! - [`replicaset`]: keeps a ReplicaSet's pods at `spec.replicas`.
 //! - [`resourcequota`]: recounts each ResourceQuota's `status.used` from the
 //!   objects of its namespace, so deletions give quota back.
@@ -66,6 +69,8 @@
 //!   `kube-root-ca.crt` ConfigMap in every namespace.
 //! - [`statefulset`]: ordered pods with stable names and storage, rolled
 //!   through ControllerRevisions.
+//! - [`volume_protection`]: takes the `pvc-protection` finalizer off deleted
+//!   claims no pod uses and `pv-protection` off deleted unbound volumes.
 #![warn(missing_docs)]
 
 pub mod cronjob;
@@ -82,6 +87,7 @@ pub mod manager;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod persistentvolume;
 pub mod pods;
 pub mod replicaset;
 pub mod resourcequota;
@@ -89,3 +95,4 @@ pub mod runtime;
 pub mod service_lb;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod volume_protection;

@@ -17,11 +17,13 @@ use crate::job::{self, JobConfig};
 use crate::namespace::{self, NamespaceConfig};
 use crate::node_ipam::{self, NodeIpamConfig, NodeIpamError};
 use crate::node_lifecycle::{self, NodeLifecycleConfig};
+use crate::persistentvolume::{self, PersistentVolumeConfig};
 use crate::replicaset::{self, ReplicaSetConfig};
 use crate::resourcequota::{self, ResourceQuotaConfig};
 use crate::service_lb::{self, ServiceLbConfig};
 use crate::serviceaccount::{self, RootCaConfig, ServiceAccountConfig};
 use crate::statefulset::{self, StatefulSetConfig};
+use crate::volume_protection::{self, VolumeProtectionConfig};
 
 /// Every controller's configuration.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +64,10 @@ pub struct ControllerManagerConfig {
     pub garbage_collector: GarbageCollectorConfig,
     /// Emptying deleted namespaces.
     pub namespace: NamespaceConfig,
+    /// Binding PersistentVolumeClaims to PersistentVolumes.
+    pub persistentvolume: PersistentVolumeConfig,
+    /// The `pvc-protection` and `pv-protection` finalizers.
+    pub volume_protection: VolumeProtectionConfig,
 }
 
 /// Why the controller manager stopped.
@@ -191,6 +197,26 @@ pub async fn run(
             .boxed(),
         );
     }
+    if config.persistentvolume.enabled {
+        controllers.push(
+            persistentvolume::start(
+                &mut factory,
+                client.clone(),
+                config.persistentvolume,
+                shutdown.child_token(),
+            )
+            .boxed(),
+        );
+    }
+    controllers.push(
+        volume_protection::start(
+            &mut factory,
+            client.clone(),
+            config.volume_protection,
+            shutdown.child_token(),
+        )
+        .boxed(),
+    );
     if config.service_lb.enabled {
         controllers
             .push(service_lb::start(&mut factory, client.clone(), shutdown.child_token()).boxed());

@@ -28,8 +28,6 @@ pub mod server;
 mod watch;
 
 #[cfg(test)]
-mod fake_api;
-#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;

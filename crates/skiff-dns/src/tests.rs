@@ -8,9 +8,9 @@ use std::io::Write as _;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use serde_json::{Value, json};
+use skiff_testing::FakeApi;
 
 use super::*;
-use crate::fake_api::FakeApi;
 use crate::testing::*;
 
 const SERVICES: &str = "/api/v1/services";

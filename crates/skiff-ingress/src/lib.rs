@@ -20,8 +20,6 @@
 
 pub mod class;
 mod controller;
-#[cfg(test)]
-mod fake_api;
 pub mod proxy;
 pub mod routes;
 pub mod status;

@@ -44,7 +44,7 @@ mod nft;
 mod ruleset;
 
 #[cfg(test)]
-mod fake_api;
+mod fixtures;
 #[cfg(test)]
 mod netns_tests;
 

@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fake_api::{Collection, FakeApi, namespace, pod, policy};
+use crate::fixtures::{Collection, fake_api, namespace, pod, policy, send};
 use crate::{NetpolConfig, Nft, NftCommand, render, run_with};
 
 const NODE: &str = "node-a";
@@ -381,17 +381,15 @@ async fn default_deny_then_allow_by_label_then_egress_block_on_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_follows_label_changes_on_real_traffic() {
     let lab = Lab::new("loop", &[(WEB, &[80]), (FRONT, &[]), (OTHER, &[])]);
-    let (client, api) = FakeApi::start(
-        vec![
-            (
-                Collection::Namespaces,
-                vec![namespace("default", json!({}))],
-            ),
-            (Collection::Pods, pods()),
-            (Collection::Policies, vec![web_from_front_on_80()]),
-        ],
-        false,
-    );
+    let api = fake_api(vec![
+        (
+            Collection::Namespaces,
+            vec![namespace("default", json!({}))],
+        ),
+        (Collection::Pods, pods()),
+        (Collection::Policies, vec![web_from_front_on_80()]),
+    ]);
+    let client = api.client();
     let config = NetpolConfig {
         netns: Some(lab.node.name.clone()),
         debounce: Duration::from_millis(50),
@@ -410,11 +408,13 @@ async fn the_loop_follows_label_changes_on_real_traffic() {
     assert!(lab.reaches(front, WEB, 80));
 
     let changed = Instant::now();
-    api.push(
+    send(
+        &api,
         Collection::Pods,
         "MODIFIED",
         pod("default", "other", NODE, OTHER, json!({"role": "front"})),
-    );
+    )
+    .await;
     while !lab.reaches(other, WEB, 80) {
         assert!(
             changed.elapsed() < Duration::from_secs(5),

@@ -58,6 +58,9 @@ pub enum FitError {
     Unschedulable {
         /// Nodes in the cluster.
         num_all_nodes: usize,
+        /// Why the pod was refused before any node was tried; then `reasons`
+        /// is empty and the message gives this instead.
+        pre_filter: Option<String>,
         /// Each reason with the number of nodes that gave it.
         reasons: BTreeMap<String, usize>,
         /// The preemption part of the message (without the `preemption: `
@@ -101,10 +104,16 @@ impl fmt::Display for FitError {
             FitError::NoNodes => f.write_str("no nodes available to schedule pods"),
             FitError::Unschedulable {
                 num_all_nodes,
+                pre_filter,
                 reasons,
                 postfilter,
             } => {
-                f.write_str(&histogram_message(*num_all_nodes, reasons))?;
+                match pre_filter {
+                    Some(message) => {
+                        write!(f, "0/{num_all_nodes} nodes are available: {message}.")?;
+                    }
+                    None => f.write_str(&histogram_message(*num_all_nodes, reasons))?,
+                }
                 if !postfilter.is_empty() {
                     write!(f, " preemption: {postfilter}")?;
                 }
@@ -120,6 +129,11 @@ impl fmt::Display for FitError {
 pub struct Diagnosis {
     /// Nodes in the cluster.
     pub num_all_nodes: usize,
+    /// Why the pod fits no node before any was tried (upstream's PreFilter
+    /// rejection); then no node is in `rejections`, and preemption, which
+    /// only tries the nodes refused for reasons eviction may lift, finds that
+    /// it cannot help.
+    pub pre_filter: Option<String>,
     /// Each node (by name) and why it refused the pod, in the order tried.
     pub rejections: Vec<(String, Rejection)>,
     /// What the filters computed for the pod.
@@ -134,6 +148,7 @@ impl Diagnosis {
         }
         FitError::Unschedulable {
             num_all_nodes: self.num_all_nodes,
+            pre_filter: self.pre_filter.clone(),
             reasons: count_reasons(self.rejections.iter().map(|(_, r)| r)),
             postfilter,
         }
@@ -194,14 +209,16 @@ pub fn schedule(
     tie_breaker: u64,
 ) -> Result<Placement, Diagnosis> {
     let nodes: Vec<&NodeInfo> = snapshot.nodes().collect();
-    let mut state = PreFilterState::new(snapshot, pod);
+    let refused = |pre_filter: Option<String>| Diagnosis {
+        num_all_nodes: nodes.len(),
+        pre_filter,
+        rejections: Vec::new(),
+        state: PreFilterState::default(),
+    };
     if nodes.is_empty() {
-        return Err(Diagnosis {
-            num_all_nodes: 0,
-            rejections: Vec::new(),
-            state,
-        });
+        return Err(refused(None));
     }
+    let mut state = PreFilterState::new(snapshot, pod).map_err(|message| refused(Some(message)))?;
     // The node preemption made room on is most likely the one that fits.
     if let Some(nominated) = snapshot.nomination(&pod.key)
         && let Some(node) = snapshot.node(nominated).filter(|n| n.node.is_some())
@@ -233,6 +250,7 @@ pub fn schedule(
     if feasible.is_empty() {
         return Err(Diagnosis {
             num_all_nodes: nodes.len(),
+            pre_filter: None,
             rejections,
             state,
         });

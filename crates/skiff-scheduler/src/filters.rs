@@ -1,13 +1,18 @@
 //! Filters: may this pod run on this node at all?
 //!
 //! Each filter is a pure function of the pod and one [`NodeInfo`] (plus, for
-//! the two filters that look at other pods, a [`PreFilterState`] computed once
+//! the filters that look beyond the node, a [`PreFilterState`] computed once
 //! per pod), so it can be tested alone and run over nodes in any order. They
 //! run in upstream's order (`NodeUnschedulable`, `TaintToleration`,
-//! `NodeAffinity`, `NodePorts`, `NodeResourcesFit`, `PodTopologySpread`,
-//! `InterPodAffinity`) and the first rejection wins, which decides the reason
-//! that the `FailedScheduling` message counts for a node. The reasons are
-//! upstream's strings, since people grep for them.
+//! `NodeAffinity`, `NodePorts`, `NodeResourcesFit`, `VolumeBinding`,
+//! `VolumeZone`, `PodTopologySpread`, `InterPodAffinity`) and the first
+//! rejection wins, which decides the reason that the `FailedScheduling`
+//! message counts for a node. The reasons are upstream's strings, since
+//! people grep for them.
+//!
+//! Computing the [`PreFilterState`] may refuse the pod before any node is
+//! tried (upstream's PreFilter): a claim that does not exist, say. Then the
+//! message names that one reason instead of counting nodes.
 //!
 //! Upstream's scheduler does not read node conditions: the node lifecycle
 //! controller turns a node that is not Ready into a
@@ -23,7 +28,7 @@ use k8s_openapi::api::core::v1::{Node, NodeSelectorTerm, Taint, Toleration};
 pub use skiff_api::scheduling::{tolerated, tolerates};
 
 use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
-use crate::{inter_pod_affinity, pod_topology_spread};
+use crate::{inter_pod_affinity, pod_topology_spread, volume_binding};
 
 /// Reason for a cordoned node.
 pub const ERR_NODE_UNSCHEDULABLE: &str = "node(s) were unschedulable";
@@ -83,20 +88,26 @@ pub type FilterResult = Result<(), Rejection>;
 ///
 /// Preemption and nominated pods ask "what if this pod were (not) here";
 /// [`add_pod`](Self::add_pod) and [`remove_pod`](Self::remove_pod) answer by
-/// adjusting the counts in place, and are exact inverses of each other.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// adjusting the counts in place, and are exact inverses of each other. (The
+/// volume part does not depend on other pods.)
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PreFilterState {
+    volumes: Option<Box<volume_binding::FilterState>>,
     affinity: Option<Box<inter_pod_affinity::FilterState>>,
     spread: Option<Box<pod_topology_spread::FilterState>>,
 }
 
 impl PreFilterState {
-    /// Computes the state for scheduling `pod` into `snapshot`.
-    pub fn new(snapshot: &Snapshot, pod: &PodInfo) -> PreFilterState {
-        PreFilterState {
+    /// Computes the state for scheduling `pod` into `snapshot`, or the
+    /// reason the pod fits no node at all (upstream's PreFilter rejection,
+    /// e.g. `persistentvolumeclaim "data" not found`).
+    pub fn new(snapshot: &Snapshot, pod: &PodInfo) -> Result<PreFilterState, String> {
+        let volumes = volume_binding::FilterState::new(snapshot.volumes(), &pod.pod)?;
+        Ok(PreFilterState {
+            volumes: volumes.map(Box::new),
             affinity: inter_pod_affinity::FilterState::new(snapshot, pod).map(Box::new),
             spread: pod_topology_spread::FilterState::new(snapshot, pod).map(Box::new),
-        }
+        })
     }
 
     /// Counts `other` as placed on `node` while scheduling `pod`.
@@ -129,6 +140,9 @@ pub fn run_filters(pod: &PodInfo, node: &NodeInfo, state: &PreFilterState) -> Fi
     node_affinity(pod, n)?;
     node_ports(pod, node)?;
     node_resources_fit(pod, node)?;
+    if let Some(volumes) = &state.volumes {
+        volumes.filter(n)?;
+    }
     if let Some(spread) = &state.spread {
         spread.filter(pod, n)?;
     }
@@ -713,7 +727,7 @@ mod tests {
                 ..Default::default()
             }]);
         let big = info(p.clone());
-        let state = PreFilterState::new(&snap, &big);
+        let state = PreFilterState::new(&snap, &big).unwrap();
         let a1 = snap.node("a1").unwrap();
         assert_eq!(
             run_filters(&big, a1, &state).unwrap_err().reasons,
@@ -721,7 +735,7 @@ mod tests {
         );
         p.spec.as_mut().unwrap().containers[0].resources = None;
         let small = info(p);
-        let state = PreFilterState::new(&snap, &small);
+        let state = PreFilterState::new(&snap, &small).unwrap();
         assert_eq!(
             run_filters(&small, a1, &state).unwrap_err().reasons,
             [crate::pod_topology_spread::ERR_CONSTRAINTS]

@@ -11,7 +11,8 @@
 //! The behaviour follows upstream's default profile for the plugins present:
 //!
 //! - filters ([`filters`]): `NodeUnschedulable`, `TaintToleration`,
-//!   `NodeAffinity`, `NodePorts`, `NodeResourcesFit`, `PodTopologySpread`
+//!   `NodeAffinity`, `NodePorts`, `NodeResourcesFit`, `VolumeBinding` and
+//!   `VolumeZone` ([`volume_binding`]), `PodTopologySpread`
 //!   ([`pod_topology_spread`]) and `InterPodAffinity`
 //!   ([`inter_pod_affinity`]);
 //! - scores ([`score`]): `NodeResourcesFit` (LeastAllocated),
@@ -19,14 +20,20 @@
 //!   `PodTopologySpread` and `InterPodAffinity`;
 //! - post-filter: `DefaultPreemption` ([`preemption`]): a pod that fits
 //!   nowhere evicts the fewest, least important lower-priority pods of one
-//!   node (DisruptionTarget condition, then DELETE with the victim's grace
-//!   period, and a `Preempted` event), is nominated to that node
-//!   (`status.nominatedNodeName`) and retried once they are gone.
+//!   node, preferring nodes and victims that violate no
+//!   PodDisruptionBudget (DisruptionTarget condition, then DELETE with the
+//!   victim's grace period, and a `Preempted` event), is nominated to that
+//!   node (`status.nominatedNodeName`) and retried once they are gone;
+//! - pre-bind: `VolumeBinding` ([`volume_binding::prebind`]): before a pod
+//!   is bound, static volumes chosen for its unbound claims are pre-bound,
+//!   its other `WaitForFirstConsumer` claims get
+//!   `volume.kubernetes.io/selected-node`, and the scheduler waits for them
+//!   to be bound.
 //!
-//! Not implemented: volume binding and the volume filters, `ImageLocality`,
-//! upstream's cluster-default topology spread constraints, and
-//! PodDisruptionBudgets in preemption (every candidate counts as violating
-//! none).
+//! Not implemented: `ImageLocality`, `VolumeRestrictions` (ReadWriteOncePod
+//! conflicts), `NodeVolumeLimits`, storage-capacity checks and the
+//! `VolumeBinding` score, and upstream's cluster-default topology spread
+//! constraints.
 //!
 //! Pods that name no inter-pod affinity or spread constraints cost about the
 //! same as without these plugins: they only visit the placed pods whose
@@ -34,9 +41,11 @@
 //! pod. Pods with constraints visit the pods their selectors may match (also
 //! indexed) and, for spreading, every node once (see [`snapshot`]).
 //!
-//! The scheduler watches nodes, pods and namespaces (for `namespaceSelector`),
-//! and writes `pods/binding`, `pods/status` (conditions, `nominatedNodeName`),
-//! pod deletions (preemption) and events.
+//! The scheduler watches nodes, pods, namespaces (for `namespaceSelector`),
+//! PersistentVolumeClaims, PersistentVolumes, StorageClasses and
+//! PodDisruptionBudgets, and writes `pods/binding`, `pods/status`
+//! (conditions, `nominatedNodeName`), pod deletions (preemption), events,
+//! PersistentVolumes (pre-binding) and claim annotations (selected node).
 //!
 //! ```no_run
 //! # async fn example(client: kube::Client) -> Result<(), skiff_scheduler::SchedulerError> {
@@ -59,6 +68,7 @@ pub mod resources;
 mod scheduler;
 pub mod score;
 pub mod snapshot;
+pub mod volume_binding;
 
 pub use queue::SchedulingQueue;
 pub use scheduler::{DEFAULT_SCHEDULER_NAME, SchedulerConfig, SchedulerError, run};

@@ -10,30 +10,41 @@
 //!    more.
 //! 2. **Candidates.** Only nodes refused for reasons eviction can fix
 //!    (resources, ports, anti-affinity, spread skew) are tried, starting at a
-//!    random offset, until `max(10% of them, 100)` candidates are found. On
-//!    each, every lower-priority pod is removed; if the pod still does not
-//!    fit, the node is out. Otherwise the removed pods are put back one by
-//!    one, most important first (higher priority, then longer running), and
-//!    each that can stay without the pod losing its fit is *reprieved*; the
-//!    rest are the node's victims.
-//! 3. **Choice.** Among candidates, the one whose most important victim has
-//!    the lowest priority wins, then the lowest sum of victim priorities, then
-//!    the fewest victims, then the one whose most important victims started
-//!    latest, then the first found. Upstream first prefers candidates that
-//!    violate fewer PodDisruptionBudgets; Skiff's scheduler does not read
-//!    PDBs, so every candidate counts as violating none.
+//!    random offset, until `max(10% of them, 100)` candidates are found, at
+//!    least one of which violates no PodDisruptionBudget. On each, every
+//!    lower-priority pod is removed; if the pod still does not fit, the node
+//!    is out. Otherwise the removed pods are put back one by one and each
+//!    that can stay without the pod losing its fit is *reprieved*; the rest
+//!    are the node's victims. Pods whose eviction would take a budget below
+//!    zero (counting the node's evictions in importance order, and not
+//!    counting pods the budget already lists as disrupted) are put back
+//!    first, so they are the last to go; each of them that still goes is a
+//!    *PDB violation*. Within each group the most important pods (higher
+//!    priority, then longer running) come first.
+//! 3. **Choice.** Among candidates, the one with the fewest PDB violations
+//!    wins, then the one whose most important victim has the lowest
+//!    priority, then the lowest sum of victim priorities, then the fewest
+//!    victims, then the one whose most important victims started latest, then
+//!    the first found (candidates without violations are listed first).
+//!
+//! Budgets only steer the choice: as upstream, the scheduler deletes its
+//! victims rather than evicting them, so a candidate that violates budgets
+//! is still taken when it is the only one.
 //!
 //! This module only decides; the scheduler carries it out (DisruptionTarget
 //! condition, DELETE, `Preempted` event, `nominatedNodeName`).
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use skiff_api::selector::LabelSelector;
 
 use crate::algorithm::{Diagnosis, count_reasons, filter_with_nominated, histogram_message};
 use crate::filters::Rejection;
-use crate::snapshot::{NodeInfo, PodInfo, Snapshot};
+use crate::snapshot::{NodeInfo, PodInfo, Snapshot, label_selector};
 
 /// The postfilter reason for a node where evicting pods cannot help.
 pub const PREEMPTION_NOT_HELPFUL: &str = "Preemption is not helpful for scheduling";
@@ -61,6 +72,93 @@ pub struct Candidate {
     pub node: String,
     /// The pods to evict, most important first.
     pub victims: Vec<Arc<PodInfo>>,
+    /// How many of the victims a PodDisruptionBudget does not allow to go.
+    pub pdb_violations: usize,
+}
+
+/// A PodDisruptionBudget as preemption reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisruptionBudget {
+    /// The budget's namespace; it only covers pods there.
+    pub namespace: String,
+    /// `spec.selector`; `None` for a missing or empty selector, which (for
+    /// the scheduler, as upstream) selects no pod.
+    selector: Option<LabelSelector>,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+    /// `status.disruptedPods`: pods whose eviction the API server already
+    /// counted against the budget.
+    disrupted_pods: HashSet<String>,
+}
+
+impl DisruptionBudget {
+    /// Reads a `policy/v1` PodDisruptionBudget.
+    pub fn new(pdb: &PodDisruptionBudget) -> DisruptionBudget {
+        let selector = pdb
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| {
+                s.match_labels.as_ref().is_some_and(|l| !l.is_empty())
+                    || s.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
+            })
+            .map(|s| label_selector(Some(s), Vec::new()));
+        let status = pdb.status.as_ref();
+        DisruptionBudget {
+            namespace: pdb.metadata.namespace.clone().unwrap_or_default(),
+            selector,
+            disruptions_allowed: status.and_then(|s| s.disruptions_allowed).unwrap_or(0),
+            disrupted_pods: status
+                .and_then(|s| s.disrupted_pods.as_ref())
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the budget covers `pod` and has not counted it as disrupted
+    /// yet, i.e. evicting it uses up one allowed disruption.
+    fn charges(&self, pod: &PodInfo) -> bool {
+        let name = pod.pod.metadata.name.as_deref().unwrap_or_default();
+        self.namespace == pod.namespace()
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(pod.labels()))
+            && !self.disrupted_pods.contains(name)
+    }
+}
+
+/// Splits `pods` (in order) into those whose eviction, together with the
+/// earlier ones', would take some budget below zero, and the rest (upstream's
+/// `filterPodsWithPDBViolation`). Both keep the order of `pods`.
+pub fn split_by_budget_violation<'a>(
+    pods: Vec<Arc<PodInfo>>,
+    budgets: impl IntoIterator<Item = &'a DisruptionBudget>,
+) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
+    let budgets: Vec<&DisruptionBudget> = budgets.into_iter().collect();
+    let mut allowed: Vec<i64> = budgets
+        .iter()
+        .map(|b| i64::from(b.disruptions_allowed))
+        .collect();
+    let (mut violating, mut other) = (Vec::new(), Vec::new());
+    for pod in pods {
+        let mut violates = false;
+        // A pod without labels matches no budget.
+        if !pod.labels().is_empty() {
+            for (budget, left) in budgets.iter().zip(allowed.iter_mut()) {
+                if budget.charges(&pod) {
+                    *left -= 1;
+                    violates |= *left < 0;
+                }
+            }
+        }
+        if violates {
+            violating.push(pod);
+        } else {
+            other.push(pod);
+        }
+    }
+    (violating, other)
 }
 
 /// What preemption concluded.
@@ -139,17 +237,19 @@ pub fn preempt(
         .collect();
     let mut refused: Vec<Rejection> = Vec::new();
     let mut candidates = Vec::new();
+    let mut violating = Vec::new();
     if !potential.is_empty() {
         let wanted = num_candidates(potential.len());
         for i in 0..potential.len() {
             let node = potential[(offset + i) % potential.len()];
             match select_victims_on_node(snapshot, pod, node, &mut diagnosis.state) {
-                Ok(victims) if !victims.is_empty() => {
-                    candidates.push(Candidate {
-                        node: node.name().to_string(),
-                        victims,
-                    });
-                    if candidates.len() >= wanted {
+                Ok(candidate) if !candidate.victims.is_empty() => {
+                    if candidate.pdb_violations == 0 {
+                        candidates.push(candidate);
+                    } else {
+                        violating.push(candidate);
+                    }
+                    if !candidates.is_empty() && candidates.len() + violating.len() >= wanted {
                         break;
                     }
                 }
@@ -158,6 +258,7 @@ pub fn preempt(
             }
         }
     }
+    candidates.append(&mut violating);
     if let Some(best) = pick_one_candidate(candidates) {
         return PostFilter::Candidate(best);
     }
@@ -192,14 +293,14 @@ fn not_eligible(snapshot: &Snapshot, pod: &PodInfo, diagnosis: &Diagnosis) -> Op
 }
 
 /// The fewest, least important pods on `node` whose eviction lets `pod` fit,
-/// or why there are none. `state` is adjusted while trying and restored
-/// before returning.
+/// keeping those a PodDisruptionBudget protects if it can, or why there are
+/// none. `state` is adjusted while trying and restored before returning.
 pub fn select_victims_on_node(
     snapshot: &Snapshot,
     pod: &PodInfo,
     node: &NodeInfo,
     state: &mut crate::filters::PreFilterState,
-) -> Result<Vec<Arc<PodInfo>>, Rejection> {
+) -> Result<Candidate, Rejection> {
     let Some(node_object) = node.node.as_deref() else {
         return Err(Rejection::unresolvable(PREEMPTION_NOT_HELPFUL));
     };
@@ -224,31 +325,44 @@ pub fn select_victims_on_node(
         return Err(rejection);
     }
     potential.sort_by(|a, b| more_important_first(a, b));
+    let (violating, other) = split_by_budget_violation(potential, snapshot.budgets());
     let mut victims = Vec::new();
-    for candidate in potential {
+    let mut pdb_violations = 0;
+    for (protected, candidate) in violating
+        .into_iter()
+        .map(|p| (true, p))
+        .chain(other.into_iter().map(|p| (false, p)))
+    {
         trial.add_pod(candidate.clone());
         state.add_pod(pod, &candidate, node_object);
         if filter_with_nominated(snapshot, pod, &trial, state).is_err() {
             trial.remove_pod(&candidate.key);
             state.remove_pod(pod, &candidate, node_object);
             victims.push(candidate);
+            pdb_violations += usize::from(protected);
         }
     }
     for victim in &victims {
         state.add_pod(pod, victim, node_object);
     }
-    Ok(victims)
+    victims.sort_by(|a, b| more_important_first(a, b));
+    Ok(Candidate {
+        node: node.name().to_string(),
+        victims,
+        pdb_violations,
+    })
 }
 
-/// Upstream's `pickOneNodeForPreemption` without the PDB criterion: each
-/// criterion keeps the best candidates, the next one breaks their tie, and
-/// the first remaining candidate wins. Victims must be sorted most important
-/// first.
+/// Upstream's `pickOneNodeForPreemption`: each criterion keeps the best
+/// candidates, the next one breaks their tie, and the first remaining
+/// candidate wins. Victims must be sorted most important first.
 pub fn pick_one_candidate(candidates: Vec<Candidate>) -> Option<Candidate> {
     if let Some(free) = candidates.iter().position(|c| c.victims.is_empty()) {
         return candidates.into_iter().nth(free);
     }
-    let criteria: [fn(&Candidate) -> i128; 4] = [
+    let criteria: [fn(&Candidate) -> i128; 5] = [
+        // The fewest PodDisruptionBudget violations.
+        |c| -(c.pdb_violations as i128),
         // The lowest "most important victim" priority.
         |c| -i128::from(c.victims[0].priority),
         // The lowest sum of priorities, each shifted to be non-negative.
@@ -409,6 +523,7 @@ mod tests {
         Candidate {
             node: node.into(),
             victims,
+            pdb_violations: 0,
         }
     }
 
@@ -532,11 +647,11 @@ mod tests {
             vec![],
             vec![term("app", "web", "kubernetes.io/hostname")],
         ));
-        let mut state = PreFilterState::new(&snap, &p);
+        let mut state = PreFilterState::new(&snap, &p).unwrap();
         let before = state.clone();
-        let victims =
+        let candidate =
             select_victims_on_node(&snap, &p, snap.node("n1").unwrap(), &mut state).unwrap();
-        assert_eq!(victims.len(), 1);
+        assert_eq!(candidate.victims.len(), 1);
         assert_eq!(state, before);
     }
 
@@ -613,5 +728,154 @@ mod tests {
             "deleted, but not by preemption"
         );
         assert!(terminating_by_preemption(&terminating_victim("v", 1)));
+    }
+
+    fn budget(name: &str, app: &str, allowed: i32, disrupted: &[&str]) -> DisruptionBudget {
+        let disrupted: serde_json::Map<String, serde_json::Value> = disrupted
+            .iter()
+            .map(|p| (p.to_string(), serde_json::json!("2024-01-01T00:00:00Z")))
+            .collect();
+        let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": app}}},
+            "status": {"disruptionsAllowed": allowed, "disruptedPods": disrupted},
+        }))
+        .unwrap();
+        DisruptionBudget::new(&pdb)
+    }
+
+    fn app(name: &str, app: &str, cpu: &str, priority: i32) -> Arc<PodInfo> {
+        info(with_priority(
+            with_labels(pod(name, cpu, ""), &[("app", app)]),
+            priority,
+        ))
+    }
+
+    fn keys(pods: &[Arc<PodInfo>]) -> Vec<&str> {
+        pods.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn budgets_split_victims_in_order() {
+        let db = budget("db", "db", 1, &[]);
+        let pods = vec![
+            app("db-0", "db", "", 1),
+            app("web-0", "web", "", 1),
+            app("db-1", "db", "", 1),
+            app("db-2", "db", "", 1),
+        ];
+        // One disruption allowed: the first db pod uses it up.
+        let (violating, other) = split_by_budget_violation(pods.clone(), [&db]);
+        assert_eq!(keys(&violating), ["default/db-1", "default/db-2"]);
+        assert_eq!(keys(&other), ["default/db-0", "default/web-0"]);
+        // A pod the budget already counts as disrupted costs nothing.
+        let db = budget("db", "db", 1, &["db-0"]);
+        let (violating, _) = split_by_budget_violation(pods.clone(), [&db]);
+        assert_eq!(keys(&violating), ["default/db-2"]);
+        // Every budget that covers a pod is charged.
+        let (violating, _) = split_by_budget_violation(
+            pods.clone(),
+            [&budget("a", "db", 5, &[]), &budget("b", "db", 0, &[])],
+        );
+        assert_eq!(violating.len(), 3);
+        // Other namespaces, empty selectors and unlabelled pods are not
+        // covered.
+        let mut elsewhere = budget("db", "db", 0, &[]);
+        elsewhere.namespace = "other".into();
+        let empty = DisruptionBudget::new(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "all", "namespace": "default"},
+                "spec": {"selector": {}},
+                "status": {"disruptionsAllowed": 0},
+            }))
+            .unwrap(),
+        );
+        let mut unlabelled = pods;
+        unlabelled.push(info(with_priority(pod("bare", "", ""), 1)));
+        let (violating, other) = split_by_budget_violation(unlabelled, [&elsewhere, &empty]);
+        assert!(violating.is_empty());
+        assert_eq!(other.len(), 5);
+    }
+
+    #[test]
+    fn protected_pods_are_the_last_victims_on_a_node() {
+        let mut snap = Snapshot::new();
+        snap.upsert_node(Arc::new(ready_node("n1", "2")));
+        // Same priority; "free" sorts first, so it is the more important of
+        // the two and would be kept without a budget.
+        snap.add_pod("n1", app("free", "web", "1", 1));
+        snap.add_pod("n1", app("guarded", "db", "1", 1));
+        let p = info(with_priority(pod("p", "1", ""), 10));
+        assert_eq!(
+            victims_of(decide(&snap, &p, 0, 0, 0, 0)).1,
+            ["default/guarded"]
+        );
+        snap.upsert_budget("default/db".into(), budget("db", "db", 0, &[]));
+        assert_eq!(
+            victims_of(decide(&snap, &p, 0, 0, 0, 0)).1,
+            ["default/free"]
+        );
+        // When both must go, the violation is counted, and the victims stay
+        // in importance order.
+        let p = info(with_priority(pod("p", "2", ""), 10));
+        let mut state = PreFilterState::new(&snap, &p).unwrap();
+        let candidate =
+            select_victims_on_node(&snap, &p, snap.node("n1").unwrap(), &mut state).unwrap();
+        assert_eq!(
+            keys(&candidate.victims),
+            ["default/free", "default/guarded"]
+        );
+        assert_eq!(candidate.pdb_violations, 1);
+    }
+
+    #[test]
+    fn fewer_budget_violations_beat_less_important_victims() {
+        let mut snap = Snapshot::new();
+        snap.upsert_node(Arc::new(ready_node("x", "1")));
+        snap.upsert_node(Arc::new(ready_node("y", "1")));
+        snap.add_pod("x", app("db-0", "db", "1", 1));
+        snap.add_pod("y", app("web-0", "web", "1", 5));
+        let p = info(with_priority(pod("p", "1", ""), 10));
+        assert_eq!(victims_of(decide(&snap, &p, 0, 0, 0, 0)).0, "x");
+        snap.upsert_budget("default/db".into(), budget("db", "db", 0, &[]));
+        for offset in 0..2 {
+            assert_eq!(victims_of(decide(&snap, &p, 0, 0, 0, offset)).0, "y");
+        }
+        // A budget with room left is no obstacle.
+        snap.upsert_budget("default/db".into(), budget("db", "db", 1, &[]));
+        assert_eq!(victims_of(decide(&snap, &p, 0, 0, 0, 0)).0, "x");
+        // Budgets steer, they do not forbid: with no other node, x it is.
+        snap.upsert_budget("default/db".into(), budget("db", "db", 0, &[]));
+        snap.remove_node("y");
+        snap.remove_pod("default/web-0");
+        assert_eq!(victims_of(decide(&snap, &p, 0, 0, 0, 0)).0, "x");
+    }
+
+    #[test]
+    fn the_search_goes_on_until_a_candidate_violates_no_budget() {
+        let mut snap = Snapshot::new();
+        snap.upsert_budget("default/db".into(), budget("db", "db", 0, &[]));
+        // 120 nodes: enough candidates (100) are found long before the only
+        // node whose victim no budget protects.
+        for i in 0..120 {
+            let name = format!("n{i:03}");
+            snap.upsert_node(Arc::new(ready_node(&name, "1")));
+            let label = if i == 119 { "web" } else { "db" };
+            snap.add_pod(&name, app(&format!("p{i:03}"), label, "1", 1));
+        }
+        let p = info(with_priority(pod("p", "1", ""), 10));
+        assert_eq!(victims_of(decide(&snap, &p, 0, 0, 0, 0)).0, "n119");
+    }
+
+    #[test]
+    fn budget_violations_come_first_when_picking() {
+        let p = |name: &str, priority| with_priority(pod(name, "", ""), priority);
+        let mut x = candidate("x", vec![p("x1", 1)]);
+        x.pdb_violations = 1;
+        let y = candidate("y", vec![p("y1", 100), p("y2", 100)]);
+        assert_eq!(pick_one_candidate(vec![x.clone(), y]).unwrap().node, "y");
+        let mut z = candidate("z", vec![p("z1", 0)]);
+        z.pdb_violations = 1;
+        assert_eq!(pick_one_candidate(vec![x, z]).unwrap().node, "z");
     }
 }

@@ -23,7 +23,21 @@
 //! call fails it is retried after its back-off instead.
 //!
 //! Namespaces are watched too: `namespaceSelector` in affinity terms selects
-//! namespaces by their labels.
+//! namespaces by their labels. So are PersistentVolumeClaims,
+//! PersistentVolumes and StorageClasses (see [`crate::volume_binding`]), whose
+//! additions and changes retry parked pods, and PodDisruptionBudgets, which
+//! preemption consults.
+//!
+//! A pod with claims still to bind or provision on its node goes through
+//! upstream's PreBind before its binding: in the binding task, the static
+//! volumes chosen for it are pre-bound and its other claims get
+//! `volume.kubernetes.io/selected-node`, then the task waits (up to the bind
+//! timeout, 600 s by default) until the PV controller reports every claim
+//! bound. Meanwhile the pod holds its place on the node, and the volumes and
+//! claims are assumed in the snapshot so that other pods see them as taken.
+//! If that fails or times out, the pod and its volume assumptions are
+//! forgotten, a `FailedScheduling` event says why, and the pod is retried
+//! after its back-off; a pod deleted meanwhile stops the wait.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -31,7 +45,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{
+    Binding, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -44,9 +62,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::algorithm::{self, Decision, FitError};
-use crate::preemption::{Candidate, REASON_PREEMPTION_BY_SCHEDULER, marked_for_preemption};
+use crate::preemption::{
+    Candidate, DisruptionBudget, REASON_PREEMPTION_BY_SCHEDULER, marked_for_preemption,
+};
 use crate::queue::SchedulingQueue;
 use crate::snapshot::{PodInfo, PodKey, Snapshot, pod_key};
+use crate::volume_binding::prebind::{self, DEFAULT_BIND_TIMEOUT};
+use crate::volume_binding::{VolumePlan, claim_key};
 
 /// The scheduler name pods get when `spec.schedulerName` is empty.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
@@ -71,6 +93,10 @@ pub struct SchedulerConfig {
     /// Upstream's `percentageOfNodesToScore`: 0 picks the adaptive default;
     /// clusters under 100 nodes are always searched fully.
     pub percentage_of_nodes_to_score: u32,
+    /// How long a pod's claims may take to be bound or provisioned on its
+    /// node before the pod is scheduled again (upstream's
+    /// `bindTimeoutSeconds`).
+    pub bind_timeout: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -78,6 +104,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             scheduler_name: DEFAULT_SCHEDULER_NAME.to_string(),
             percentage_of_nodes_to_score: 0,
+            bind_timeout: DEFAULT_BIND_TIMEOUT,
         }
     }
 }
@@ -90,18 +117,19 @@ pub enum SchedulerError {
     /// means the client was torn down; restart the scheduler with a new one.
     #[error("the {resource} watch ended unexpectedly")]
     WatchEnded {
-        /// `nodes`, `pods` or `namespaces`.
+        /// The resource, e.g. `nodes` or `persistentvolumeclaims`.
         resource: &'static str,
     },
 }
 
 /// Runs the scheduler until `shutdown` is cancelled.
 ///
-/// Watches nodes, pods and namespaces, schedules every pending pod that names
-/// `config.scheduler_name`, binds it through `pods/{name}/binding` and records
-/// `Scheduled` / `FailedScheduling` events; preempts lower-priority pods for
-/// pods that fit nowhere. Watch errors are retried with back-off and never end
-/// the loop.
+/// Watches nodes, pods, namespaces, claims, volumes, StorageClasses and
+/// PodDisruptionBudgets, schedules every pending pod that names
+/// `config.scheduler_name`, binds its volumes and then binds it through
+/// `pods/{name}/binding`, and records `Scheduled` / `FailedScheduling`
+/// events; preempts lower-priority pods for pods that fit nowhere. Watch
+/// errors are retried with back-off and never end the loop.
 pub async fn run(
     client: Client,
     config: SchedulerConfig,
@@ -113,12 +141,11 @@ pub async fn run(
     let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .boxed();
-    let namespaces = watcher::watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .boxed();
+    let namespaces = watch::<Namespace>(&client);
+    let claims = watch::<PersistentVolumeClaim>(&client);
+    let volumes = watch::<PersistentVolume>(&client);
+    let classes = watch::<StorageClass>(&client);
+    let budgets = watch::<PodDisruptionBudget>(&client);
     let recorder = EventRecorder::new(client.clone(), &config.scheduler_name, "");
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let mut scheduler = Scheduler {
@@ -136,8 +163,13 @@ pub async fn run(
         nodes,
         pods,
         namespaces,
+        claims,
+        volumes,
+        classes,
+        budgets,
     };
     let result = scheduler.run_loop(watches, outcomes, &shutdown).await;
+    scheduler.state.prebinding.cancel();
     scheduler.tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, scheduler.tasks.wait())
         .await
@@ -148,13 +180,47 @@ pub async fn run(
     result
 }
 
+/// The watch of every object of kind `K` in the cluster.
+fn watch<K>(client: &Client) -> WatchStream<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .boxed()
+}
+
+/// Why a chosen pod was not bound.
+#[derive(Debug)]
+enum BindFailure {
+    /// Its volumes were not bound (PreBind).
+    Volumes(prebind::PreBindError),
+    /// The API refused the binding.
+    Binding(String),
+}
+
+impl BindFailure {
+    /// The `FailedScheduling` message, as upstream words it.
+    fn message(&self) -> String {
+        match self {
+            BindFailure::Volumes(e) => format!("running PreBind plugin \"VolumeBinding\": {e}"),
+            BindFailure::Binding(e) => format!("Binding rejected: {e}"),
+        }
+    }
+}
+
 /// The result of an API call made off the loop.
 #[derive(Debug)]
 enum Outcome {
     Bound {
         key: PodKey,
         node: String,
-        result: Result<(), String>,
+        result: Result<(), BindFailure>,
     },
     /// Evicting a preemptor's victims failed.
     PreemptionFailed { key: PodKey, error: String },
@@ -191,6 +257,10 @@ struct Watches {
     nodes: WatchStream<Node>,
     pods: WatchStream<Pod>,
     namespaces: WatchStream<Namespace>,
+    claims: WatchStream<PersistentVolumeClaim>,
+    volumes: WatchStream<PersistentVolume>,
+    classes: WatchStream<StorageClass>,
+    budgets: WatchStream<PodDisruptionBudget>,
 }
 
 impl Scheduler {
@@ -204,6 +274,10 @@ impl Scheduler {
             mut nodes,
             mut pods,
             mut namespaces,
+            mut claims,
+            mut volumes,
+            mut classes,
+            mut budgets,
         } = watches;
         let mut flush = tokio::time::interval(FLUSH_INTERVAL);
         loop {
@@ -244,6 +318,26 @@ impl Scheduler {
                     Some(Err(e)) => tracing::warn!(error = %e, "namespace watch failed; retrying"),
                     None => return Err(SchedulerError::WatchEnded { resource: "namespaces" }),
                 },
+                event = claims.next() => match event {
+                    Some(Ok(event)) => self.state.on_claim_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "claim watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "persistentvolumeclaims" }),
+                },
+                event = volumes.next() => match event {
+                    Some(Ok(event)) => self.state.on_volume_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "volume watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "persistentvolumes" }),
+                },
+                event = classes.next() => match event {
+                    Some(Ok(event)) => self.state.on_class_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "storage class watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "storageclasses" }),
+                },
+                event = budgets.next() => match event {
+                    Some(Ok(event)) => self.state.on_budget_event(event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "disruption budget watch failed; retrying"),
+                    None => return Err(SchedulerError::WatchEnded { resource: "poddisruptionbudgets" }),
+                },
                 Some(outcome) = outcomes.recv() => self.on_outcome(outcome),
                 _ = flush.tick() => self.state.queue.flush_unschedulable_leftovers(Instant::now()),
                 // A pod's back-off ends: the top of the loop schedules it.
@@ -272,9 +366,21 @@ impl Scheduler {
             Decision::Bind(placement) => {
                 let count = self.state.snapshot.node_count().max(1);
                 self.next_start = (self.next_start + placement.evaluated) % count;
+                let volumes = match self.state.plan_volumes(&pod, &placement.node) {
+                    Ok(volumes) => volumes,
+                    Err(reason) => {
+                        // The node fit a moment ago, in the same snapshot.
+                        tracing::warn!(pod = %pod.key, node = %placement.node, %reason, "volumes no longer fit; will retry");
+                        self.state.queue.failed(&pod.key, Instant::now());
+                        return;
+                    }
+                };
                 tracing::debug!(pod = %pod.key, node = %placement.node, "assuming pod");
                 self.state.assume(pod.clone(), &placement.node);
-                self.spawn_bind(pod, placement.node);
+                let cancel = volumes
+                    .as_ref()
+                    .map(|plan| self.state.assume_volumes(&pod.key, plan.clone()));
+                self.spawn_bind(pod, placement.node, volumes.zip(cancel));
             }
             Decision::Wait {
                 fit,
@@ -363,7 +469,16 @@ impl Scheduler {
         });
     }
 
-    fn spawn_bind(&self, pod: Arc<PodInfo>, node: String) {
+    /// Binds the pod, after its volumes (`volumes`: their plan, and what
+    /// stops waiting for them) when it has some to bind.
+    fn spawn_bind(
+        &self,
+        pod: Arc<PodInfo>,
+        node: String,
+        volumes: Option<(VolumePlan, CancellationToken)>,
+    ) {
+        let client = self.client.clone();
+        let bind_timeout = self.config.bind_timeout;
         let api = self.pods_api(&pod.pod);
         let name = pod.pod.metadata.name.clone().unwrap_or_default();
         let binding = Binding {
@@ -382,6 +497,17 @@ impl Scheduler {
         };
         let tx = self.outcomes_tx.clone();
         self.tasks.spawn(async move {
+            if let Some((plan, cancel)) = volumes
+                && let Err(error) =
+                    prebind::bind_volumes(&client, &plan, bind_timeout, &cancel).await
+            {
+                let _ = tx.send(Outcome::Bound {
+                    key: pod.key.clone(),
+                    node,
+                    result: Err(BindFailure::Volumes(error)),
+                });
+                return;
+            }
             let result = api
                 .create_subresource::<_, serde_json::Value>(
                     "binding",
@@ -391,7 +517,7 @@ impl Scheduler {
                 )
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string());
+                .map_err(|e| BindFailure::Binding(e.to_string()));
             // The loop may be gone at shutdown; then nobody needs to know.
             let _ = tx.send(Outcome::Bound {
                 key: pod.key.clone(),
@@ -412,6 +538,7 @@ impl Scheduler {
                     .cloned();
                 match result {
                     Ok(()) => {
+                        self.state.volumes_bound(&key);
                         self.state.queue.done(&key);
                         if let Some(pod) = pod {
                             let message = format!("Successfully assigned {key} to {node}");
@@ -424,10 +551,10 @@ impl Scheduler {
                         }
                     }
                     Err(error) => {
-                        tracing::info!(pod = %key, %node, %error, "binding failed; will retry");
+                        let message = error.message();
+                        tracing::info!(pod = %key, %node, error = %message, "binding failed; will retry");
                         self.state.forget(&key);
                         if let Some(pod) = pod {
-                            let message = format!("Binding rejected: {error}");
                             self.recorder.record(
                                 &object_ref(&pod.pod),
                                 EventType::Warning,
@@ -594,7 +721,143 @@ struct ClusterState {
     nodes_synced: bool,
     pods_synced: bool,
     namespaces_synced: bool,
+    claims: Relist<PersistentVolumeClaim>,
+    volumes: Relist<PersistentVolume>,
+    classes: Relist<StorageClass>,
+    budgets: Relist<PodDisruptionBudget>,
+    /// The volume plans of assumed pods whose volumes are being bound, with
+    /// what stops the wait for them.
+    volume_plans: HashMap<PodKey, (VolumePlan, CancellationToken)>,
+    /// The parent of those tokens, cancelled when the scheduler stops.
+    prebinding: CancellationToken,
 }
+
+/// What a watch event asks of a cache.
+#[derive(Debug)]
+enum Change<K> {
+    Apply(K),
+    Delete(K),
+    /// A re-list finished: these are all the objects there are.
+    Replace(Vec<K>),
+}
+
+/// The re-list bookkeeping of one watch: objects of a re-list in progress
+/// (between `Init` and `InitDone`), and whether it has listed once.
+#[derive(Debug)]
+struct Relist<K> {
+    pending: Option<Vec<K>>,
+    synced: bool,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Relist {
+            pending: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K> Relist<K> {
+    fn on_event(&mut self, event: Event<K>) -> Option<Change<K>> {
+        match event {
+            Event::Apply(object) => Some(Change::Apply(object)),
+            Event::Delete(object) => Some(Change::Delete(object)),
+            Event::Init => {
+                self.pending = Some(Vec::new());
+                None
+            }
+            Event::InitApply(object) => {
+                self.pending.get_or_insert_with(Vec::new).push(object);
+                None
+            }
+            Event::InitDone => {
+                self.synced = true;
+                Some(Change::Replace(self.pending.take().unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// How one kind of object is kept in the snapshot.
+struct CacheOps<K> {
+    /// The object's key in the cache.
+    key: fn(&K) -> String,
+    /// Every key in the cache.
+    keys: fn(&Snapshot) -> Vec<String>,
+    remove: fn(&mut Snapshot, &str),
+    /// Stores an object; `true` if that may let a parked pod fit.
+    apply: fn(&mut Snapshot, K) -> bool,
+}
+
+impl<K> CacheOps<K> {
+    /// Applies a watch change; `true` if it may let a parked pod fit.
+    fn change(&self, snapshot: &mut Snapshot, change: Change<K>) -> bool {
+        match change {
+            Change::Apply(object) => (self.apply)(snapshot, object),
+            Change::Delete(object) => {
+                (self.remove)(snapshot, &(self.key)(&object));
+                false
+            }
+            Change::Replace(listed) => {
+                let keys: HashSet<String> = listed.iter().map(self.key).collect();
+                for gone in (self.keys)(snapshot)
+                    .into_iter()
+                    .filter(|k| !keys.contains(k))
+                {
+                    (self.remove)(snapshot, &gone);
+                }
+                listed
+                    .into_iter()
+                    .fold(false, |any, object| (self.apply)(snapshot, object) | any)
+            }
+        }
+    }
+}
+
+fn object_key<K: kube::Resource>(object: &K) -> String {
+    let meta = object.meta();
+    match meta.namespace.as_deref() {
+        Some(namespace) => format!("{namespace}/{}", meta.name.as_deref().unwrap_or_default()),
+        None => meta.name.clone().unwrap_or_default(),
+    }
+}
+
+const CLAIMS: CacheOps<PersistentVolumeClaim> = CacheOps {
+    key: claim_key,
+    keys: |s| s.volumes().claim_keys().map(str::to_string).collect(),
+    remove: |s, key| {
+        s.volumes_mut().remove_claim(key);
+    },
+    apply: |s, claim| s.volumes_mut().upsert_claim(claim),
+};
+
+const VOLUMES: CacheOps<PersistentVolume> = CacheOps {
+    key: object_key,
+    keys: |s| s.volumes().volume_names().map(str::to_string).collect(),
+    remove: |s, name| {
+        s.volumes_mut().remove_volume(name);
+    },
+    apply: |s, volume| s.volumes_mut().upsert_volume(volume),
+};
+
+const CLASSES: CacheOps<StorageClass> = CacheOps {
+    key: object_key,
+    keys: |s| s.volumes().class_names().map(str::to_string).collect(),
+    remove: |s, name| s.volumes_mut().remove_class(name),
+    apply: |s, class| s.volumes_mut().upsert_class(class),
+};
+
+const BUDGETS: CacheOps<PodDisruptionBudget> = CacheOps {
+    key: object_key,
+    keys: |s| s.budget_keys().map(str::to_string).collect(),
+    remove: |s, key| s.remove_budget(key),
+    // Budgets only steer preemption; a change never makes a pod fit.
+    apply: |s, pdb| {
+        s.upsert_budget(object_key(&pdb), DisruptionBudget::new(&pdb));
+        false
+    },
+};
 
 impl ClusterState {
     fn new(scheduler_name: String) -> ClusterState {
@@ -609,12 +872,79 @@ impl ClusterState {
             nodes_synced: false,
             pods_synced: false,
             namespaces_synced: false,
+            claims: Relist::default(),
+            volumes: Relist::default(),
+            classes: Relist::default(),
+            budgets: Relist::default(),
+            volume_plans: HashMap::new(),
+            prebinding: CancellationToken::new(),
         }
     }
 
     /// Whether every informer has listed once, so decisions see the cluster.
     fn synced(&self) -> bool {
-        self.nodes_synced && self.pods_synced && self.namespaces_synced
+        self.nodes_synced
+            && self.pods_synced
+            && self.namespaces_synced
+            && self.claims.synced
+            && self.volumes.synced
+            && self.classes.synced
+            && self.budgets.synced
+    }
+
+    /// Applies a change to a cache and retries parked pods if it may help
+    /// them.
+    fn cache_event<K>(&mut self, ops: &CacheOps<K>, change: Option<Change<K>>) {
+        if let Some(change) = change
+            && ops.change(&mut self.snapshot, change)
+        {
+            self.queue.move_all_unschedulable(Instant::now());
+        }
+    }
+
+    fn on_claim_event(&mut self, event: Event<PersistentVolumeClaim>) {
+        let change = self.claims.on_event(event);
+        self.cache_event(&CLAIMS, change);
+    }
+
+    fn on_volume_event(&mut self, event: Event<PersistentVolume>) {
+        let change = self.volumes.on_event(event);
+        self.cache_event(&VOLUMES, change);
+    }
+
+    fn on_class_event(&mut self, event: Event<StorageClass>) {
+        let change = self.classes.on_event(event);
+        self.cache_event(&CLASSES, change);
+    }
+
+    fn on_budget_event(&mut self, event: Event<PodDisruptionBudget>) {
+        let change = self.budgets.on_event(event);
+        self.cache_event(&BUDGETS, change);
+    }
+
+    /// What to write for `pod`'s claims before binding it to `node`:
+    /// `Ok(None)` when nothing (every claim bound, or none).
+    fn plan_volumes(&self, pod: &PodInfo, node: &str) -> Result<Option<VolumePlan>, String> {
+        let Some(node) = self.snapshot.node(node).and_then(|n| n.node.as_deref()) else {
+            return Err(format!("node {node:?} not found"));
+        };
+        VolumePlan::for_pod(self.snapshot.volumes(), &pod.pod, node)
+    }
+
+    /// Counts a plan's volumes and claims as taken while the pod's volumes
+    /// are bound; returns what stops that wait.
+    fn assume_volumes(&mut self, key: &str, plan: VolumePlan) -> CancellationToken {
+        self.snapshot.volumes_mut().assume(&plan);
+        let cancel = self.prebinding.child_token();
+        self.volume_plans
+            .insert(key.to_string(), (plan, cancel.clone()));
+        cancel
+    }
+
+    /// The pod is bound: its volume assumptions stay until the watches
+    /// deliver the objects as written.
+    fn volumes_bound(&mut self, key: &str) {
+        self.volume_plans.remove(key);
     }
 
     /// Counts a chosen pod on its node before the binding is written, so the
@@ -693,8 +1023,12 @@ impl ClusterState {
         }
     }
 
-    /// The binding failed: free the reservation and retry after back-off.
+    /// The binding failed: free the reservation (and the volumes assumed for
+    /// it) and retry after back-off.
     fn forget(&mut self, key: &str) {
+        if let Some((plan, _)) = self.volume_plans.remove(key) {
+            self.snapshot.volumes_mut().restore(&plan);
+        }
         if self.assumed.remove(key).is_some() {
             self.snapshot.remove_pod(key);
             self.queue.move_all_unschedulable(Instant::now());
@@ -831,6 +1165,10 @@ impl ClusterState {
     }
 
     fn delete_pod(&mut self, key: &str) {
+        if let Some((_, cancel)) = self.volume_plans.get(key) {
+            // The binding task reports back, and that forgets the plan.
+            cancel.cancel();
+        }
         self.queue.remove(key);
         self.assumed.remove(key);
         self.snapshot.clear_nomination(key);
@@ -909,6 +1247,7 @@ mod tests {
 
     use super::*;
     use crate::snapshot::tests::{node, pod};
+    use crate::volume_binding::tests::{claim, class, pod_with_claims, volume};
 
     #[test]
     fn heartbeats_are_not_relevant_changes() {
@@ -1042,6 +1381,10 @@ mod tests {
             state.on_pod_event(Event::InitApply(p));
         }
         state.on_pod_event(Event::InitDone);
+        state.on_claim_event(Event::InitDone);
+        state.on_volume_event(Event::InitDone);
+        state.on_class_event(Event::InitDone);
+        state.on_budget_event(Event::InitDone);
         state
     }
 
@@ -1265,5 +1608,162 @@ mod tests {
         let c = SchedulerConfig::default();
         assert_eq!(c.scheduler_name, "default-scheduler");
         assert_eq!(c.percentage_of_nodes_to_score, 0);
+        assert_eq!(c.bind_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn every_watch_must_list_before_scheduling() {
+        let mut state = ClusterState::new(DEFAULT_SCHEDULER_NAME.into());
+        state.on_node_event(Event::InitDone);
+        state.on_pod_event(Event::InitDone);
+        state.on_namespace_event(Event::InitDone);
+        state.on_claim_event(Event::InitDone);
+        state.on_volume_event(Event::InitDone);
+        state.on_class_event(Event::InitDone);
+        assert!(!state.synced(), "budgets not listed yet");
+        state.on_budget_event(Event::InitDone);
+        assert!(state.synced());
+    }
+
+    /// A parked pod that uses claim `data`.
+    async fn parked_claim_user() -> ClusterState {
+        let mut state = synced(
+            vec![ready_node("n1", "2")],
+            vec![pod_with_claims("p", "", &["data"])],
+        );
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.queue.unschedulable(&p.key, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        state
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn storage_changes_release_parked_pods() {
+        // A claim appearing, and changing.
+        let mut state = parked_claim_user().await;
+        state.on_claim_event(Event::Apply(claim("data", "local", "1Gi")));
+        assert!(state.snapshot.volumes().claim("default", "data").is_some());
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.queue.unschedulable(&p.key, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // The same version again (a re-list) changes nothing.
+        state.on_claim_event(Event::Apply(claim("data", "local", "1Gi")));
+        assert!(state.queue.pop(Instant::now()).is_none());
+
+        // A volume appearing.
+        let mut state = parked_claim_user().await;
+        state.on_volume_event(Event::Apply(volume("pv-1", "local", "1Gi", &[])));
+        assert!(state.queue.pop(Instant::now()).is_some());
+
+        // A StorageClass appearing; an update that keeps its topology does
+        // not count.
+        let mut state = parked_claim_user().await;
+        state.on_class_event(Event::Apply(class("local", "WaitForFirstConsumer", "x")));
+        let p = state.queue.pop(Instant::now()).unwrap();
+        state.queue.unschedulable(&p.key, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let mut relabelled = class("local", "WaitForFirstConsumer", "x");
+        relabelled.metadata.labels = Some([("a".to_string(), "b".to_string())].into());
+        state.on_class_event(Event::Apply(relabelled));
+        assert!(state.queue.pop(Instant::now()).is_none());
+
+        // Budgets never make a pod fit.
+        let mut state = parked_claim_user().await;
+        let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}},
+            "status": {"disruptionsAllowed": 1},
+        }))
+        .unwrap();
+        state.on_budget_event(Event::Apply(pdb));
+        assert_eq!(state.snapshot.budgets().count(), 1);
+        assert!(state.queue.pop(Instant::now()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relists_drop_vanished_storage_objects_and_budgets() {
+        let mut state = synced(vec![ready_node("n1", "2")], vec![]);
+        state.on_claim_event(Event::Apply(claim("gone", "local", "1Gi")));
+        state.on_volume_event(Event::Apply(volume("pv-gone", "local", "1Gi", &[])));
+        state.on_class_event(Event::Apply(class("gone", "Immediate", "x")));
+        let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "gone", "namespace": "default"},
+        }))
+        .unwrap();
+        state.on_budget_event(Event::Apply(pdb));
+
+        state.on_claim_event(Event::Init);
+        state.on_claim_event(Event::InitApply(claim("kept", "local", "1Gi")));
+        state.on_claim_event(Event::InitDone);
+        state.on_volume_event(Event::Init);
+        state.on_volume_event(Event::InitDone);
+        state.on_class_event(Event::Init);
+        state.on_class_event(Event::InitDone);
+        state.on_budget_event(Event::Init);
+        state.on_budget_event(Event::InitDone);
+        let volumes = state.snapshot.volumes();
+        assert_eq!(volumes.claim_keys().collect::<Vec<_>>(), ["default/kept"]);
+        assert_eq!(volumes.volume_names().count(), 0);
+        assert_eq!(volumes.class_names().count(), 0);
+        assert_eq!(state.snapshot.budget_keys().count(), 0);
+
+        // Deletions drop single objects.
+        state.on_claim_event(Event::Delete(claim("kept", "local", "1Gi")));
+        assert!(state.snapshot.volumes().claim("default", "kept").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_volume_binding_frees_the_volume_and_deletion_stops_the_wait() {
+        let mut state = synced(
+            vec![ready_node("n1", "2")],
+            vec![
+                pod_with_claims("first", "", &["data"]),
+                pod_with_claims("second", "", &["other"]),
+            ],
+        );
+        state.on_class_event(Event::Apply(class(
+            "local",
+            "WaitForFirstConsumer",
+            "kubernetes.io/no-provisioner",
+        )));
+        state.on_claim_event(Event::Apply(claim("data", "local", "1Gi")));
+        state.on_claim_event(Event::Apply(claim("other", "local", "1Gi")));
+        state.on_volume_event(Event::Apply(volume("pv-1", "local", "1Gi", &[])));
+
+        let pop = |state: &mut ClusterState, name: &str| loop {
+            let p = state.queue.pop(Instant::now()).unwrap();
+            if p.key == format!("default/{name}") {
+                break p;
+            }
+            state.queue.unschedulable(&p.key, Instant::now());
+        };
+        let p = pop(&mut state, "first");
+        let plan = state.plan_volumes(&p, "n1").unwrap().unwrap();
+        assert_eq!(plan.bindings.len(), 1);
+        state.assume(p.clone(), "n1");
+        let cancel = state.assume_volumes(&p.key, plan);
+        // The only volume is taken while "first" is being bound.
+        let second = pop(&mut state, "second");
+        assert_eq!(
+            state.plan_volumes(&second, "n1"),
+            Err(crate::volume_binding::ERR_BIND_CONFLICT.to_string())
+        );
+        state.forget(&p.key);
+        assert!(state.plan_volumes(&second, "n1").unwrap().is_some());
+        assert!(!cancel.is_cancelled());
+
+        // Deleting a pod whose volumes are being bound stops the wait.
+        let plan = state.plan_volumes(&second, "n1").unwrap().unwrap();
+        state.assume(second.clone(), "n1");
+        let cancel = state.assume_volumes(&second.key, plan);
+        state.on_pod_event(Event::Delete(pod_with_claims("second", "", &["other"])));
+        assert!(cancel.is_cancelled());
+        // Its binding task then reports the failure, which frees the volume.
+        state.forget(&second.key);
+        // Stopping the scheduler stops every wait.
+        let plan = state.plan_volumes(&p, "n1").unwrap().unwrap();
+        let cancel = state.assume_volumes(&p.key, plan);
+        state.prebinding.cancel();
+        assert!(cancel.is_cancelled());
     }
 }

@@ -24,7 +24,12 @@
 //!   The indexes cost one map entry per pod label and per term;
 //! - the labels of every namespace, for `namespaceSelector`;
 //! - the pods nominated to a node by preemption, which other pods of lower
-//!   priority must leave room for.
+//!   priority must leave room for;
+//! - the PersistentVolumeClaims, PersistentVolumes and StorageClasses, for
+//!   pods with claims ([`VolumeObjects`]: a pod without claims never looks
+//!   at them);
+//! - the PodDisruptionBudgets, parsed, which preemption prefers not to
+//!   violate.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -38,7 +43,9 @@ use skiff_api::selector::{LabelSelector, Operator};
 
 use crate::inter_pod_affinity::PodAffinityTerms;
 use crate::pod_topology_spread::{self, SpreadConstraint};
+use crate::preemption::DisruptionBudget;
 use crate::resources::{self, Resources};
+use crate::volume_binding::VolumeObjects;
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -469,6 +476,10 @@ pub struct Snapshot {
     nominated: HashMap<String, HashMap<PodKey, Arc<PodInfo>>>,
     /// The node each nominated pod is nominated to.
     nominations: HashMap<PodKey, String>,
+    /// Claims, volumes and StorageClasses.
+    volumes: VolumeObjects,
+    /// PodDisruptionBudgets by `namespace/name`.
+    budgets: BTreeMap<String, Arc<DisruptionBudget>>,
 }
 
 impl Snapshot {
@@ -698,6 +709,36 @@ impl Snapshot {
             .get(node)
             .into_iter()
             .flat_map(HashMap::values)
+    }
+
+    /// The claims, volumes and StorageClasses.
+    pub fn volumes(&self) -> &VolumeObjects {
+        &self.volumes
+    }
+
+    /// The claims, volumes and StorageClasses, to update.
+    pub fn volumes_mut(&mut self) -> &mut VolumeObjects {
+        &mut self.volumes
+    }
+
+    /// Adds or replaces the PodDisruptionBudget with key `namespace/name`.
+    pub fn upsert_budget(&mut self, key: String, budget: DisruptionBudget) {
+        self.budgets.insert(key, Arc::new(budget));
+    }
+
+    /// Forgets a PodDisruptionBudget.
+    pub fn remove_budget(&mut self, key: &str) {
+        self.budgets.remove(key);
+    }
+
+    /// Keys (`namespace/name`) of every PodDisruptionBudget.
+    pub fn budget_keys(&self) -> impl Iterator<Item = &str> {
+        self.budgets.keys().map(String::as_str)
+    }
+
+    /// Every PodDisruptionBudget, by key.
+    pub fn budgets(&self) -> impl Iterator<Item = &DisruptionBudget> {
+        self.budgets.values().map(Arc::as_ref)
     }
 }
 

@@ -16,13 +16,18 @@
 //! start their own with [`TestCluster::start`].
 //!
 //! Missing tools are a failure, never a skip: run `scripts/install-test-tools.sh`.
+//!
+//! Unit tests of code that talks to the API server use [`FakeApi`] instead: a
+//! fake server behind a `kube::Client`, with no binary and no sockets.
 
 mod cluster;
+mod fake_api;
 mod process;
 mod tools;
 
 pub use cluster::{
     AgentPorts, NODE_NAME, TestCluster, TestNamespace, free_port, shared, shared_with_agent,
 };
+pub use fake_api::{FakeApi, Write};
 pub use process::{DEFAULT_TIMEOUT, LineWatcher, TiedCommand, eventually, output_with_timeout};
 pub use tools::{Tools, tools};

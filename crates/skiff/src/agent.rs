@@ -71,6 +71,7 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
             labels: Default::default(),
             cluster_dns: Some(crate::node_network::cluster_dns(&args.agent)),
             bridge: args.agent.bridge.clone(),
+            provision_immediate: false,
         };
         eprintln!(
             "Skiff agent joining {} as node {}.",

@@ -329,6 +329,7 @@ impl Components<'_> {
             .into(),
             cluster_dns: Some(crate::node_network::cluster_dns(agent)),
             bridge: agent.bridge.clone(),
+            provision_immediate: true,
         })
     }
 }

@@ -617,6 +617,25 @@ mod tests {
                 message: "not synced".into(),
             })
         }
+
+        async fn persistent_volume_claim(
+            &self,
+            _: &str,
+            _: &str,
+        ) -> Result<
+            Option<std::sync::Arc<k8s_openapi::api::core::v1::PersistentVolumeClaim>>,
+            ObjectError,
+        > {
+            Ok(None)
+        }
+
+        async fn persistent_volume(
+            &self,
+            _: &str,
+        ) -> Result<Option<std::sync::Arc<k8s_openapi::api::core::v1::PersistentVolume>>, ObjectError>
+        {
+            Ok(None)
+        }
     }
 
     #[tokio::test]

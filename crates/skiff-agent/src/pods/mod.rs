@@ -26,7 +26,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::api::Api;
 use kube::runtime::watcher;
 use skiff_client::events::{EventRecorder, EventType};
@@ -490,8 +492,8 @@ impl PodLocator for Locator {
     }
 }
 
-/// ConfigMaps and Secrets read straight from the API server; Services from
-/// a watch.
+/// ConfigMaps, Secrets, claims and volumes read straight from the API
+/// server; Services from a watch.
 struct ApiObjects {
     client: kube::Client,
     services: ServiceCache,
@@ -525,6 +527,29 @@ impl ObjectSource for ApiObjects {
 
     async fn services(&self, namespace: &str) -> Result<Vec<Arc<Service>>, ObjectError> {
         self.services.list(namespace).await
+    }
+
+    async fn persistent_volume_claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolumeClaim>>, ObjectError> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
+        api.get_opt(name)
+            .await
+            .map(|o| o.map(Arc::new))
+            .map_err(|e| object_error("PersistentVolumeClaim", namespace, name, &e))
+    }
+
+    async fn persistent_volume(
+        &self,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolume>>, ObjectError> {
+        let api: Api<PersistentVolume> = Api::all(self.client.clone());
+        api.get_opt(name)
+            .await
+            .map(|o| o.map(Arc::new))
+            .map_err(|e| object_error("PersistentVolume", "", name, &e))
     }
 }
 

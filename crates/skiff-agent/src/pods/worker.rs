@@ -213,8 +213,9 @@ impl Shared {
         {
             Ok(volumes) => volumes,
             Err(e) => {
-                let message = e.to_string();
-                self.event(pod, None, EventType::Warning, "FailedMount", &message);
+                for message in e.event_messages() {
+                    self.event(pod, None, EventType::Warning, "FailedMount", &message);
+                }
                 let _ = self.report(pod, memory, false).await;
                 return Ok(Next::After(Duration::from_secs(5)));
             }

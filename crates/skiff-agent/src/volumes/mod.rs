@@ -9,6 +9,9 @@
 //!   `medium: Memory`, sized like upstream: the smallest of `sizeLimit`, the
 //!   pod's memory limit and the node's allocatable memory.
 //! - `hostPath` is the node path itself, checked against its `type`.
+//! - `persistentVolumeClaim` is the node directory of the claim's bound
+//!   `hostPath` or `local` PersistentVolume (see `claim.rs`), which lives
+//!   outside the pod directory and so outlives the pod.
 //! - `configMap`, `secret`, `downwardAPI` and `projected` are files written
 //!   with upstream's atomic-writer layout (see `atomic.rs`), rewritten on each
 //!   [`VolumeManager::prepare`] so that they follow their sources. Secret and
@@ -18,26 +21,38 @@
 //! belong to that group, with group read-write (read-only for the projected
 //! kinds) and setgid directories, as upstream's `SetVolumeOwnership` leaves
 //! them (see `ownership.rs`). Upstream passes no `fsGroupChangePolicy` for
-//! these volume kinds, and neither does this manager: the policy only
-//! governs persistent volumes, which are not served. A volume is walked when
-//! it is set up or its files are rewritten; a resync skips volumes whose
-//! root already shows the group. The containers get the `fsGroup` as a
-//! supplemental group through their CRI security context (`config`).
+//! these volume kinds, and neither does this manager: the policy governs
+//! persistent volumes, of which only `local` ones get an owner (a
+//! `hostPath` one, like a `hostPath` pod volume, keeps its ownership). A
+//! volume is walked when it is set up or its files are rewritten; a resync
+//! skips volumes whose root already shows the group. The containers get the
+//! `fsGroup` as a supplemental group through their CRI security context
+//! (`config`).
+//!
+//! A claim volume is resolved and set up once per pod, as upstream's
+//! volume manager mounts it once: later syncs reuse it, so a claim that is
+//! deleted or lost while the pod runs does not stop the pod's containers.
+//! A claim that cannot be used yet (missing, unbound, or bound to a volume
+//! this node cannot serve) keeps the pod's containers from being created;
+//! the pod's other volumes are still set up, and the claim is tried again
+//! on the next sync.
 //!
 //! [`VolumeManager::prepare`] is idempotent and cheap when nothing changed,
 //! which is what lets the pod worker call it on every sync. Calls for one pod
 //! must not overlap (the pod worker serialises them); different pods may run
 //! concurrently.
 //!
-//! Not served (yet): persistent volume claims, CSI and other network or
-//! attachable volumes, image volumes, `emptyDir` medium `HugePages`, and the
-//! `serviceAccountToken`, `clusterTrustBundle` and `podCertificate` sources of
-//! projected volumes, and the alpha `defaultUser`/`user` ownership fields.
+//! Not served (yet): CSI and other network or attachable volumes, raw block
+//! claims, generic ephemeral volumes, image volumes, `emptyDir` medium
+//! `HugePages`, and the `serviceAccountToken`, `clusterTrustBundle` and
+//! `podCertificate` sources of projected volumes, and the alpha
+//! `defaultUser`/`user` ownership fields.
 //! The `sizeLimit` of a disk-backed `emptyDir` is enforced by eviction
 //! (`crate::eviction`, measuring [`VolumeManager::empty_dir_path`]); a
 //! memory-backed one is a tmpfs of at most that size.
 
 mod atomic;
+mod claim;
 mod hostpath;
 mod mount;
 mod ownership;
@@ -49,12 +64,13 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use skiff_cri::v1::{KeyValue, Mount, MountPropagation};
 
 pub use atomic::AtomicWriteError;
+pub use claim::{ClaimError, ClaimsNotReady};
 pub use mount::{FakeMounter, LinuxMounter, MountCall, Mounter};
 
 use crate::downward::NodeAllocatable;
@@ -77,11 +93,12 @@ const MAX_STACKED_MOUNTS: usize = 16;
 /// Why a pod's volumes could not be set up, mounted into a container, or
 /// removed.
 ///
-/// [`VolumeManager::prepare`] errors display as upstream's `FailedMount`
-/// event message (`MountVolume.SetUp failed for volume "x" : ...`), so the
-/// pod worker can use `to_string()` as the event text. [`PodVolumes::mounts_for`]
-/// errors display as upstream's `CreateContainerConfigError` messages. All are
-/// retryable: the next sync tries again.
+/// [`VolumeManager::prepare`] errors are reported as upstream's `FailedMount`
+/// events, whose messages [`VolumeError::event_messages`] gives (mostly the
+/// error's display, `MountVolume.SetUp failed for volume "x" : ...`).
+/// [`PodVolumes::mounts_for`] errors display as upstream's
+/// `CreateContainerConfigError` messages. All are retryable: the next sync
+/// tries again.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VolumeError {
@@ -103,6 +120,11 @@ pub enum VolumeError {
         #[source]
         source: SetUpError,
     },
+    /// Claim volumes that cannot be used yet; the pod's other volumes were
+    /// set up. Displays as upstream's summary (`Unable to attach or mount
+    /// volumes: ...`).
+    #[error(transparent)]
+    Claims(ClaimsNotReady),
     /// The volume's type is not served by this node.
     #[error(
         "MountVolume.SetUp failed for volume \"{volume}\" : {kind} volumes are not supported by this node"
@@ -164,6 +186,22 @@ pub enum VolumeError {
     },
 }
 
+impl VolumeError {
+    /// The messages of the `FailedMount` warnings to post for this error:
+    /// for claims that cannot be used, one clear message per claim
+    /// (`PersistentVolumeClaim is not bound: "data"`) and then upstream's
+    /// summary; for anything else, the error itself.
+    pub fn event_messages(&self) -> Vec<String> {
+        match self {
+            VolumeError::Claims(claims) => claims
+                .messages()
+                .chain(std::iter::once(claims.to_string()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
 /// Why one volume could not be set up; displayed as the tail of upstream's
 /// FailedMount message.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +237,9 @@ pub enum SetUpError {
     /// A hostPath check failed (upstream's message).
     #[error("{0}")]
     HostPath(String),
+    /// A `local` persistent volume's path is not a usable directory.
+    #[error("{0}")]
+    Local(String),
     /// A projected source kind this node cannot serve.
     #[error("projected {0} sources are not supported by this node")]
     UnsupportedProjection(&'static str),
@@ -237,6 +278,10 @@ pub struct VolumeManager {
     /// `DATA/pods`: one directory per pod uid.
     pods_root: PathBuf,
     mounter: Arc<dyn Mounter>,
+    /// The claim volumes set up, by pod uid and volume name: each is
+    /// resolved and set up once per pod (see the module docs). Held only
+    /// briefly, never across an await.
+    claims: Mutex<HashMap<String, HashMap<String, PreparedVolume>>>,
 }
 
 /// The volumes of a pod, ready to be mounted into its containers.
@@ -270,18 +315,29 @@ enum Plan {
         tmpfs: bool,
         payload: Payload,
     },
+    Claim {
+        resolved: claim::Resolved,
+        owner: claim::Ownership,
+    },
 }
 
 impl VolumeManager {
     /// A manager keeping pod directories under `pods_root` (`DATA/pods`).
     pub fn new(pods_root: PathBuf, mounter: Arc<dyn Mounter>) -> Self {
-        Self { pods_root, mounter }
+        Self {
+            pods_root,
+            mounter,
+            claims: Mutex::default(),
+        }
     }
 
     /// Sets up every volume of `pod`: creates directories, mounts tmpfs,
-    /// checks host paths and (re)writes projected files from `objects`.
-    /// Idempotent; called on each sync so that ConfigMap, Secret and downward
-    /// API files follow their sources. Stops at the first volume that fails.
+    /// checks host paths, follows claims to their volumes and (re)writes
+    /// projected files from `objects`. Idempotent; called on each sync so
+    /// that ConfigMap, Secret and downward API files follow their sources.
+    /// Stops at the first volume that fails to be set up; claims that cannot
+    /// be used yet do not stop the others, and are reported together
+    /// ([`VolumeError::Claims`]) once the others are set up.
     pub async fn prepare(
         &self,
         pod: &Pod,
@@ -291,35 +347,101 @@ impl VolumeManager {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_dir = self.pod_dir(uid)?;
         let fs_group = fs_group(pod)?;
-        let volumes = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.volumes.as_deref())
-            .unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let volumes = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let on_root_mismatch = spec
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.fs_group_change_policy.as_deref())
+            == Some("OnRootMismatch");
+        let ready = self.claims_of(uid);
+        let mut prepared = HashMap::with_capacity(volumes.len());
         let mut plans = Vec::with_capacity(volumes.len());
+        let mut unready = Vec::new();
         for volume in volumes {
             if !is_plain_component(&volume.name) {
                 return Err(VolumeError::InvalidVolumeName(volume.name.clone()));
             }
-            let plan = plan(pod, volume, objects, node).await?;
-            plans.push((volume.name.clone(), plan));
+            let Some(source) = &volume.persistent_volume_claim else {
+                let plan = plan(pod, volume, objects, node).await?;
+                plans.push((volume.name.clone(), plan));
+                continue;
+            };
+            if let Some(volume_ready) = ready.get(&volume.name) {
+                prepared.insert(volume.name.clone(), volume_ready.clone());
+                continue;
+            }
+            let usage = claim_usage(pod, &volume.name);
+            if !usage.mounted && !usage.as_device {
+                // Upstream leaves volumes no container uses alone.
+                continue;
+            }
+            match claim::resolve(objects, namespace, &volume.name, source, usage).await {
+                Ok(resolved) => {
+                    let owner = claim::Ownership {
+                        fs_group,
+                        on_root_mismatch,
+                        in_use_elsewhere: self.in_use_elsewhere(uid, resolved.path()),
+                    };
+                    plans.push((volume.name.clone(), Plan::Claim { resolved, owner }));
+                }
+                Err(e) => unready.push((volume.name.clone(), source.claim_name.clone(), e)),
+            }
         }
         let mounter = Arc::clone(&self.mounter);
-        run_blocking(move || {
-            let mut prepared = HashMap::with_capacity(plans.len());
+        let (volumes, claims) = run_blocking(move || {
+            let mut claims = HashMap::new();
             for (name, plan) in plans {
+                // Upstream names a claim volume by its PersistentVolume.
+                let shown = match &plan {
+                    Plan::Claim { resolved, .. } => resolved.volume.clone(),
+                    _ => name.clone(),
+                };
+                let is_claim = matches!(plan, Plan::Claim { .. });
                 let volume =
                     apply(&pod_dir, mounter.as_ref(), &name, plan, fs_group).map_err(|source| {
                         VolumeError::SetUp {
-                            volume: name.clone(),
+                            volume: shown,
                             source,
                         }
                     })?;
+                if is_claim {
+                    claims.insert(name.clone(), volume.clone());
+                }
                 prepared.insert(name, volume);
             }
-            Ok(PodVolumes { volumes: prepared })
+            Ok((PodVolumes { volumes: prepared }, claims))
         })
-        .await
+        .await?;
+        if !claims.is_empty() {
+            lock(&self.claims)
+                .entry(uid.to_string())
+                .or_default()
+                .extend(claims);
+        }
+        if unready.is_empty() {
+            Ok(volumes)
+        } else {
+            Err(VolumeError::Claims(ClaimsNotReady {
+                namespace: namespace.to_string(),
+                failed: unready,
+            }))
+        }
+    }
+
+    /// The claim volumes of pod `uid` already set up.
+    fn claims_of(&self, uid: &str) -> HashMap<String, PreparedVolume> {
+        lock(&self.claims).get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Whether a pod other than `uid` has a claim volume at `path` set up
+    /// (upstream counts the volume's other mounts on the node).
+    fn in_use_elsewhere(&self, uid: &str, path: &str) -> bool {
+        lock(&self.claims)
+            .iter()
+            .filter(|(other, _)| other.as_str() != uid)
+            .flat_map(|(_, volumes)| volumes.values())
+            .any(|v| v.host_path == Path::new(path))
     }
 
     /// Removes everything of a pod: unmounts whatever is mounted under its
@@ -328,6 +450,7 @@ impl VolumeManager {
     /// directory is success.
     pub async fn cleanup(&self, pod_uid: &str) -> Result<(), VolumeError> {
         let pod_dir = self.pod_dir(pod_uid)?;
+        lock(&self.claims).remove(pod_uid);
         let mounter = Arc::clone(&self.mounter);
         run_blocking(move || remove_pod_dir(&pod_dir, mounter.as_ref())).await
     }
@@ -453,6 +576,34 @@ fn propagation(mode: Option<&str>) -> Result<MountPropagation, VolumeError> {
         Some("Bidirectional") => Ok(MountPropagation::PropagationBidirectional),
         Some(other) => Err(VolumeError::InvalidPropagation(other.to_string())),
     }
+}
+
+/// How the pod's containers (of every kind) use volume `name`.
+fn claim_usage(pod: &Pod, name: &str) -> claim::Usage {
+    let mut usage = claim::Usage::default();
+    let Some(spec) = pod.spec.as_ref() else {
+        return usage;
+    };
+    let ephemeral = spec.ephemeral_containers.iter().flatten();
+    let lists = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| (c.volume_mounts.as_deref(), c.volume_devices.as_deref()))
+        .chain(ephemeral.map(|c| (c.volume_mounts.as_deref(), c.volume_devices.as_deref())));
+    for (mounts, devices) in lists {
+        usage.mounted |= mounts.unwrap_or_default().iter().any(|m| m.name == name);
+        usage.as_device |= devices.unwrap_or_default().iter().any(|d| d.name == name);
+    }
+    usage
+}
+
+/// Locks a mutex, recovering from poisoning: the claim map stays consistent
+/// whatever panicked while it was held.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Whether `name` is a plain file name: pod uids and volume names become
@@ -799,6 +950,7 @@ fn apply(
                 read_only: false,
             })
         }
+        Plan::Claim { resolved, owner } => claim::set_up(&resolved, owner),
         Plan::Files {
             plugin,
             tmpfs,
@@ -1523,20 +1675,17 @@ mod tests {
     async fn unsupported_volume_types_are_named() {
         let f = fixture();
         let pod = pod(
-            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "c"}}]),
+            json!([{"name": "data", "nfs": {"server": "nas", "path": "/export"}}]),
             json!([]),
         );
         let err = f
             .manager
             .prepare(&pod, &StaticObjects::default(), &node())
             .await
-            .expect_err("pvc");
+            .expect_err("nfs");
+        assert!(matches!(&err, VolumeError::Unsupported { kind, .. } if kind == "nfs"));
         assert!(
-            matches!(&err, VolumeError::Unsupported { kind, .. } if kind == "persistentVolumeClaim")
-        );
-        assert!(
-            err.to_string()
-                .contains("persistentVolumeClaim volumes are not supported"),
+            err.to_string().contains("nfs volumes are not supported"),
             "{err}"
         );
     }

@@ -3,7 +3,8 @@
 //! its core evaluators).
 //!
 //! Both sides must measure an object identically: admission charges the usage
-//! of each new object to `status.used`, and the controller later recomputes
+//! of each new object to `status.used` (and, on update, how much it grew),
+//! and the controller later recomputes
 //! `status.used` from every object in the namespace. If the two measured
 //! differently, every recomputation would move the totals under the clients'
 //! feet. So the measuring lives here, on objects in their JSON form, and both
@@ -212,6 +213,26 @@ pub fn subtract(a: &ResourceList, b: &ResourceList) -> ResourceList {
     result
 }
 
+/// `a - b` per resource of `a`, never below zero; resources only in `b` are
+/// left out (upstream's `SubtractWithNonNegativeResult`: what an update
+/// grows by, for an object whose other uses shrank).
+pub fn subtract_non_negative(a: &ResourceList, b: &ResourceList) -> ResourceList {
+    a.iter()
+        .map(|(name, amount)| {
+            let diff = b.get(name).map_or(*amount, |old| amount.minus(*old));
+            let diff = if diff.is_negative() {
+                Amount {
+                    milli: 0,
+                    binary: amount.binary,
+                }
+            } else {
+                diff
+            };
+            (name.clone(), diff)
+        })
+        .collect()
+}
+
 /// The entries of `list` whose names are in `names`.
 pub fn mask<'a>(list: &ResourceList, names: impl IntoIterator<Item = &'a str>) -> ResourceList {
     names
@@ -303,6 +324,14 @@ mod tests {
         assert_eq!(
             pretty_print(&mask(&sum, ["pods", "requests.cpu", "absent"])),
             "pods=3,requests.cpu=1500m"
+        );
+        let grown = subtract_non_negative(
+            &list(json!({"requests.storage": "3Gi", "pods": "1", "cpu": "1"})),
+            &list(json!({"requests.storage": "1Gi", "pods": "1", "cpu": "2", "gone": "5"})),
+        );
+        assert_eq!(
+            to_json(&grown),
+            json!({"cpu": "0", "pods": "0", "requests.storage": "2Gi"})
         );
         let zeros = list(json!({"pods": "0", "cpu": "1"}));
         assert_eq!(remove_zeros(&zeros).len(), 1);

@@ -2,6 +2,13 @@
 //! evaluators): pods are charged their compute requests and limits while they
 //! run, services their load balancers and node ports, claims their storage,
 //! and every other type one object count.
+//!
+//! Usage can change after create only where [`Evaluator::charges_update`]
+//! says so: a claim's storage grows, a service changes type, a pod is resized
+//! in place or gets a deadline. A pod being resized is measured by the
+//! largest of what its spec asks, what its node agent admitted and what its
+//! containers run with, as upstream does, so quota follows the resize both
+//! before and after the node acts on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -173,12 +180,34 @@ impl Evaluator {
         }
     }
 
+    /// Whether objects of this type can be in quota scopes. Only pods can;
+    /// a quota with scopes never applies to other types.
+    pub fn scoped(&self) -> bool {
+        *self == Evaluator::Pods
+    }
+
     /// Whether an object of this type meets every scope requirement (no
     /// requirements: always). Only pods have scopes; other types meet none.
     pub fn matches_scopes(&self, scopes: &[ScopeRequirement], obj: &Value) -> bool {
         scopes
             .iter()
-            .all(|scope| *self == Evaluator::Pods && pod_matches_scope(scope, obj))
+            .all(|scope| self.scoped() && pod_matches_scope(scope, obj))
+    }
+
+    /// Whether quota looks at an update from `old` to `new` at all
+    /// (upstream's evaluators' `Handles` for updates). Claims and services
+    /// always: storage grows and service types change. Pods only when their
+    /// resources change (an in-place resize) or they enter or leave the
+    /// Terminating scope. Other types never: they are counted once, at create.
+    pub fn charges_update(&self, old: &Value, new: &Value) -> bool {
+        match self {
+            Evaluator::Services | Evaluator::PersistentVolumeClaims => true,
+            Evaluator::Pods => {
+                resource_fields(old) != resource_fields(new)
+                    || is_terminating(old) != is_terminating(new)
+            }
+            Evaluator::Count { .. } => false,
+        }
     }
 
     /// Whether `quota` applies to `obj`: its `status.hard` names a resource
@@ -273,6 +302,15 @@ fn containers<'a>(pod: &'a Value, field: &str) -> impl Iterator<Item = &'a Value
     pod["spec"][field].as_array().into_iter().flatten()
 }
 
+/// Every `resources` of a pod's spec: its containers', then the pod's own.
+fn resource_fields(pod: &Value) -> Vec<&Value> {
+    containers(pod, "containers")
+        .chain(containers(pod, "initContainers"))
+        .map(|c| &c["resources"])
+        .chain(std::iter::once(&pod["spec"]["resources"]))
+        .collect()
+}
+
 fn phase(pod: &Value) -> &str {
     pod["status"]["phase"].as_str().unwrap_or_default()
 }
@@ -345,7 +383,12 @@ fn max_into(total: &mut ResourceList, other: &ResourceList) {
 /// started before it) and the pod needs the larger of the two; sidecars
 /// (restartable init containers) run throughout and add to the sum.
 pub fn pod_container_resources(pod: &Value, field: &str) -> ResourceList {
-    let list = |c: &Value| super::parse_list(&c["resources"][field]);
+    aggregate(pod, |c| super::parse_list(&c["resources"][field]))
+}
+
+/// The pod-wide sum of `list` over its containers, by the rule of
+/// [`pod_container_resources`].
+fn aggregate(pod: &Value, list: impl Fn(&Value) -> ResourceList) -> ResourceList {
     let mut total = ResourceList::new();
     for container in containers(pod, "containers") {
         add_into(&mut total, &list(container));
@@ -367,10 +410,95 @@ pub fn pod_container_resources(pod: &Value, field: &str) -> ResourceList {
     total
 }
 
-/// [`pod_container_resources`] plus the pod overhead; pod-level resources,
-/// when set, win.
+/// Which account of a container's resources to read.
+#[derive(Clone, Copy)]
+enum Account {
+    /// What the spec asks for.
+    Spec,
+    /// What the node agent has admitted (`allocatedResources`, requests only).
+    Allocated,
+    /// What the container runs with (`status...resources`).
+    Actuated,
+}
+
+/// One account of `field` for `container`, whose status is `status`. An
+/// account the agent has not reported falls back to the spec, unless the
+/// pending resize is infeasible: then the spec is not what runs.
+fn account(
+    container: &Value,
+    status: Option<&Value>,
+    field: &str,
+    which: Account,
+    infeasible: bool,
+) -> ResourceList {
+    let spec = || {
+        if infeasible {
+            ResourceList::new()
+        } else {
+            super::parse_list(&container["resources"][field])
+        }
+    };
+    let reported = |v: &Value| v.is_object().then(|| super::parse_list(v));
+    let allocated = status
+        .filter(|_| field == "requests")
+        .and_then(|s| reported(&s["allocatedResources"]));
+    match which {
+        Account::Spec => super::parse_list(&container["resources"][field]),
+        Account::Allocated => allocated.unwrap_or_else(spec),
+        Account::Actuated => status
+            .and_then(|s| reported(&s["resources"][field]))
+            .or(allocated)
+            .unwrap_or_else(spec),
+    }
+}
+
+/// The reported status of the container (or init container) `name`.
+fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .flat_map(|field| pod["status"][*field].as_array().into_iter().flatten())
+        .find(|s| s["name"].as_str() == Some(name))
+}
+
+/// The node agent found the pending resize impossible on its node.
+fn resize_infeasible(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "PodResizePending")
+        .is_some_and(|c| c["reason"] == "Infeasible")
+}
+
+/// The containers' `field` as quota charges it while an in-place resize may
+/// be under way: the largest of what the spec asks, what the agent admitted
+/// and what runs, so that neither shrinking the spec before the containers
+/// shrink nor growing it frees or hides quota. An infeasible resize is
+/// charged what runs, not what was asked.
+fn charged_container_resources(pod: &Value, field: &str) -> ResourceList {
+    let infeasible = resize_infeasible(pod);
+    let sum = |which: Account| {
+        aggregate(pod, |c| {
+            let status = c["name"].as_str().and_then(|n| container_status(pod, n));
+            account(c, status, field, which, infeasible)
+        })
+    };
+    let mut total = if infeasible {
+        ResourceList::new()
+    } else {
+        sum(Account::Spec)
+    };
+    max_into(&mut total, &sum(Account::Actuated));
+    if field == "requests" {
+        max_into(&mut total, &sum(Account::Allocated));
+    }
+    total
+}
+
+/// [`charged_container_resources`] plus the pod overhead; pod-level
+/// resources, when set, win.
 fn pod_resources(pod: &Value, field: &str) -> ResourceList {
-    let mut total = pod_container_resources(pod, field);
+    let mut total = charged_container_resources(pod, field);
     let overhead = super::parse_list(&pod["spec"]["overhead"]);
     for (name, amount) in &overhead {
         if field == "requests" || total.contains_key(name) {
@@ -659,6 +787,62 @@ mod tests {
         let counts = Evaluator::for_resource("", "configmaps").unwrap();
         assert!(!counts.matches_scopes(&terminating, &json!({})));
         assert!(counts.matches_scopes(&[], &json!({})));
+    }
+
+    #[test]
+    fn a_resize_is_charged_the_largest_of_asked_admitted_and_running() {
+        let pod = |status: Value| {
+            json!({"spec": {"containers": [
+                    container("app", json!({"cpu": "500m"}), json!({"cpu": "1"}))]},
+                   "status": status})
+        };
+        // Shrunk in the spec, still running large: the large figures count.
+        let shrinking = pod(json!({"containerStatuses": [{"name": "app",
+            "allocatedResources": {"cpu": "500m"},
+            "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "2"}}}]}));
+        let usage = Evaluator::Pods.usage(&shrinking, now());
+        assert_eq!(usage["requests.cpu"].to_string(), "2");
+        assert_eq!(usage["limits.cpu"].to_string(), "2");
+        // Admitted larger than both spec and what runs: the admitted request.
+        let admitted = pod(json!({"containerStatuses": [{"name": "app",
+            "allocatedResources": {"cpu": "750m"}}]}));
+        assert_eq!(
+            Evaluator::Pods.usage(&admitted, now())["requests.cpu"].to_string(),
+            "750m"
+        );
+        // An infeasible resize is charged what runs, not the spec.
+        let infeasible = json!({"spec": {"containers": [
+                container("app", json!({"cpu": "8"}), json!({"cpu": "8"}))]},
+            "status": {"conditions": [{"type": "PodResizePending", "reason": "Infeasible"}],
+                "containerStatuses": [{"name": "app", "allocatedResources": {"cpu": "1"},
+                    "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}});
+        let usage = Evaluator::Pods.usage(&infeasible, now());
+        assert_eq!(usage["requests.cpu"].to_string(), "1");
+        assert_eq!(usage["limits.cpu"].to_string(), "1");
+        // Nothing reported yet: the spec.
+        let usage = Evaluator::Pods.usage(&pod(json!({})), now());
+        assert_eq!(usage["requests.cpu"].to_string(), "500m");
+        assert_eq!(usage["limits.cpu"].to_string(), "1");
+    }
+
+    #[test]
+    fn updates_are_charged_for_resizes_deadlines_claims_and_services() {
+        let pod = json!({"spec": {"containers": [
+            container("app", json!({"cpu": "1"}), json!({}))]}});
+        let mut resized = pod.clone();
+        resized["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("2");
+        let mut relabelled = pod.clone();
+        relabelled["metadata"] = json!({"labels": {"a": "b"}});
+        relabelled["status"] = json!({"phase": "Running"});
+        let mut deadline = pod.clone();
+        deadline["spec"]["activeDeadlineSeconds"] = json!(30);
+        assert!(Evaluator::Pods.charges_update(&pod, &resized));
+        assert!(Evaluator::Pods.charges_update(&pod, &deadline));
+        assert!(!Evaluator::Pods.charges_update(&pod, &relabelled));
+        assert!(Evaluator::Services.charges_update(&json!({}), &json!({})));
+        assert!(Evaluator::PersistentVolumeClaims.charges_update(&json!({}), &json!({})));
+        let secrets = Evaluator::for_resource("", "secrets").unwrap();
+        assert!(!secrets.charges_update(&json!({}), &json!({"data": {}})));
     }
 
     #[test]

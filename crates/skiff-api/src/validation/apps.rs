@@ -3,7 +3,6 @@
 
 use serde_json::Value;
 
-use super::core::validate_pvc_spec;
 use super::field::{
     Path, forbidden, get, has, immutable, int_of, invalid, invalid_each, non_negative,
     not_supported, one_of, required, same, str_of,
@@ -14,6 +13,7 @@ use super::meta::{
 };
 use super::names::dns1123_subdomain_errors;
 use super::pod::{template_labels, validate_pod_template};
+use super::storage::validate_pvc_spec;
 use crate::registry::FieldError;
 
 /// The selector rules every controller shares: required, valid, non-empty and

@@ -8,27 +8,19 @@ use super::field::{
     Path, arr_of, bool_of, duplicate, forbidden, get, has, immutable, int_of, invalid,
     invalid_each, map_of, not_supported, one_of, required, same, str_of, too_long,
 };
-use super::meta::{unique_names, validate_label_selector, validate_labels};
+use super::meta::{unique_names, validate_labels};
 use super::names::{
     cidr_errors, config_map_key_errors, dns1123_label_errors, dns1123_subdomain_errors, ip_errors,
     label_value_errors, port_num_errors, qualified_name_errors,
 };
 use super::pod::{
-    non_negative_quantity, quantity_at, validate_pod_spec, validate_pod_spec_update,
-    validate_port_num_or_name, validate_volume_source,
+    non_negative_quantity, validate_pod_spec, validate_pod_spec_update, validate_port_num_or_name,
 };
 use crate::registry::FieldError;
 
 /// Largest total size of a ConfigMap's or Secret's data.
 const MAX_DATA_SIZE: usize = 1024 * 1024;
 const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
-const ACCESS_MODES: &[&str] = &[
-    "ReadOnlyMany",
-    "ReadWriteMany",
-    "ReadWriteOnce",
-    "ReadWriteOncePod",
-];
-const VOLUME_MODES: &[&str] = &["Block", "Filesystem"];
 
 /// `Pod`
 pub(crate) fn validate_pod(errs: &mut Vec<FieldError>, obj: &Value, old: Option<&Value>) {
@@ -557,144 +549,6 @@ pub(crate) fn validate_service_account(
     }
 }
 
-fn validate_access_modes(errs: &mut Vec<FieldError>, spec: &Value, path: &Path) {
-    let modes = arr_of(spec, "accessModes");
-    if modes.is_empty() {
-        errs.push(required(
-            &path.child("accessModes"),
-            "at least 1 access mode is required",
-        ));
-    }
-    for m in modes {
-        let m = m.as_str().unwrap_or("");
-        if !ACCESS_MODES.contains(&m) {
-            errs.push(not_supported(&path.child("accessModes"), m, ACCESS_MODES));
-        }
-    }
-    if modes.len() > 1 && modes.iter().any(|m| m.as_str() == Some("ReadWriteOncePod")) {
-        errs.push(forbidden(
-            &path.child("accessModes"),
-            "may not use ReadWriteOncePod with other access modes",
-        ));
-    }
-}
-
-/// `PersistentVolume`
-pub(crate) fn validate_pv(errs: &mut Vec<FieldError>, obj: &Value, old: Option<&Value>) {
-    let spec = get(obj, "spec");
-    let sp = Path::new("spec");
-    validate_access_modes(errs, spec, &sp);
-    let capacity = map_of(spec, "capacity");
-    if capacity.is_empty() {
-        errs.push(required(&sp.child("capacity"), ""));
-    }
-    for (name, v) in capacity {
-        if name != "storage" {
-            errs.push(not_supported(
-                &sp.child("capacity"),
-                name.as_str(),
-                &["storage"],
-            ));
-        }
-        non_negative_quantity(errs, &sp.child("capacity").key(name), v);
-    }
-    one_of(
-        errs,
-        spec,
-        "persistentVolumeReclaimPolicy",
-        &sp,
-        &["Delete", "Recycle", "Retain"],
-    );
-    one_of(errs, spec, "volumeMode", &sp, VOLUME_MODES);
-    validate_volume_source(errs, spec, &sp);
-    let class = str_of(spec, "storageClassName");
-    if !class.is_empty() {
-        invalid_each(
-            errs,
-            &sp.child("storageClassName"),
-            class,
-            dns1123_subdomain_errors(class),
-        );
-    }
-    if let Some(old) = old {
-        let old_spec = get(old, "spec");
-        immutable(
-            errs,
-            &sp.child("volumeMode"),
-            get(spec, "volumeMode"),
-            get(old_spec, "volumeMode"),
-        );
-    }
-}
-
-/// Validates a `PersistentVolumeClaimSpec` (PVCs, StatefulSet claim templates and
-/// ephemeral volumes).
-pub(crate) fn validate_pvc_spec(errs: &mut Vec<FieldError>, spec: &Value, path: &Path) {
-    validate_access_modes(errs, spec, path);
-    let requests = map_of(get(spec, "resources"), "requests");
-    let storage_path = path.child("resources").key("storage");
-    match requests.get("storage") {
-        None => errs.push(required(&storage_path, "")),
-        Some(v) => {
-            if let Some(q) = quantity_at(errs, &storage_path, v)
-                && (q.is_zero() || q.is_negative())
-            {
-                errs.push(invalid(
-                    &storage_path,
-                    q.to_string(),
-                    "must be greater than zero",
-                ));
-            }
-        }
-    }
-    one_of(errs, spec, "volumeMode", path, VOLUME_MODES);
-    let selector = get(spec, "selector");
-    if !selector.is_null() {
-        validate_label_selector(errs, selector, &path.child("selector"));
-    }
-    let class = str_of(spec, "storageClassName");
-    if !class.is_empty() {
-        invalid_each(
-            errs,
-            &path.child("storageClassName"),
-            class,
-            dns1123_subdomain_errors(class),
-        );
-    }
-}
-
-/// `PersistentVolumeClaim`
-pub(crate) fn validate_pvc(errs: &mut Vec<FieldError>, obj: &Value, old: Option<&Value>) {
-    let spec = get(obj, "spec");
-    let sp = Path::new("spec");
-    validate_pvc_spec(errs, spec, &sp);
-    if let Some(old) = old {
-        let old_spec = get(old, "spec");
-        let mut a = spec.clone();
-        let mut b = old_spec.clone();
-        for v in [&mut a, &mut b] {
-            if let Some(m) = v.as_object_mut() {
-                m.remove("volumeAttributesClassName");
-                if let Some(r) = m.get_mut("resources").and_then(Value::as_object_mut) {
-                    r.remove("requests");
-                }
-                // Binding fills in the volume name, and a class may be set once.
-                for key in ["volumeName", "storageClassName"] {
-                    if str_of(old_spec, key).is_empty() {
-                        m.remove(key);
-                    }
-                }
-            }
-        }
-        if !same(&a, &b) {
-            errs.push(forbidden(
-                &sp,
-                "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
-            ));
-        }
-    }
-}
-
 /// Standard resource names a quota may limit, beyond qualified extended names.
 fn validate_quota_resource_name(errs: &mut Vec<FieldError>, name: &str, path: &Path) {
     invalid_each(errs, path, name, qualified_name_errors(name));
@@ -1035,50 +889,6 @@ mod tests {
         );
         assert_eq!(base64_decoded_len("YQ=="), 1);
         assert_eq!(base64_decoded_len("YWJj"), 3);
-    }
-
-    #[test]
-    fn pv_and_pvc() {
-        let f = run(
-            validate_pv,
-            json!({"spec": {"hostPath": {"path": "/d"}}}),
-            None,
-        );
-        assert_eq!(
-            f,
-            [
-                "spec.accessModes: Required value: at least 1 access mode is required",
-                "spec.capacity: Required value",
-            ]
-        );
-        let f = run(
-            validate_pv,
-            json!({"spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}}),
-            None,
-        );
-        assert_eq!(f, ["spec: Required value: must specify a volume type"]);
-
-        let good = json!({"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeMode": "Filesystem"}});
-        assert!(run(validate_pvc, good.clone(), None).is_empty());
-        let f = run(
-            validate_pvc,
-            json!({"spec": {"accessModes": ["Sometimes"], "resources": {}}}),
-            None,
-        );
-        assert_eq!(
-            f,
-            [
-                "spec.accessModes: Unsupported value: \"Sometimes\": supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\"",
-                "spec.resources[storage]: Required value",
-            ]
-        );
-        let mut grown = good.clone();
-        grown["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
-        grown["spec"]["volumeName"] = json!("pv-1");
-        assert!(run(validate_pvc, grown.clone(), Some(good.clone())).is_empty());
-        let mut changed = grown.clone();
-        changed["spec"]["accessModes"] = json!(["ReadWriteMany"]);
-        assert_eq!(run(validate_pvc, changed, Some(grown)).len(), 1);
     }
 
     #[test]

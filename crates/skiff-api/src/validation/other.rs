@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::field::{
-    Path, arr_of, duplicate, forbidden, get, has, immutable, int_of, invalid, invalid_each, map_of,
+    Path, arr_of, duplicate, forbidden, get, has, immutable, int_of, invalid, invalid_each,
     non_negative, not_supported, one_of, required, same, str_of, too_long, too_many,
 };
 use super::meta::{validate_int_or_percent, validate_label_selector};
@@ -28,8 +28,6 @@ const SYSTEM_PRIORITY_CLASSES: &[(&str, i64)] = &[
 const MAX_ENDPOINTS: usize = 1000;
 const MAX_ADDRESSES: usize = 100;
 const MAX_SLICE_PORTS: usize = 20000;
-const MAX_STORAGE_CLASS_PARAMETERS: usize = 512;
-const MAX_STORAGE_CLASS_PARAMETERS_SIZE: usize = 256 * 1024;
 
 /// A host as Ingress rules allow it: a (possibly wildcard) DNS name, never an IP.
 fn validate_ingress_host(errs: &mut Vec<FieldError>, host: &str, path: &Path) {
@@ -356,80 +354,6 @@ pub(crate) fn validate_network_policy(
     }
 }
 
-/// `StorageClass`
-pub(crate) fn validate_storage_class(errs: &mut Vec<FieldError>, obj: &Value, old: Option<&Value>) {
-    let provisioner = str_of(obj, "provisioner");
-    let pp = Path::new("provisioner");
-    if provisioner.is_empty() {
-        errs.push(required(&pp, ""));
-    } else {
-        invalid_each(
-            errs,
-            &pp,
-            provisioner,
-            qualified_name_errors(&provisioner.to_lowercase()),
-        );
-    }
-    let params = map_of(obj, "parameters");
-    if params.len() > MAX_STORAGE_CLASS_PARAMETERS {
-        errs.push(too_many(
-            &Path::new("parameters"),
-            params.len(),
-            MAX_STORAGE_CLASS_PARAMETERS,
-        ));
-    }
-    let size: usize = params
-        .iter()
-        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
-        .sum();
-    if size > MAX_STORAGE_CLASS_PARAMETERS_SIZE {
-        errs.push(too_long(
-            &Path::new("parameters"),
-            MAX_STORAGE_CLASS_PARAMETERS_SIZE,
-        ));
-    }
-    for key in params.keys() {
-        if key.is_empty() {
-            errs.push(invalid(
-                &Path::new("parameters"),
-                key.as_str(),
-                "key must not be empty",
-            ));
-        }
-    }
-    one_of(
-        errs,
-        obj,
-        "reclaimPolicy",
-        &Path::default(),
-        &["Delete", "Retain"],
-    );
-    one_of(
-        errs,
-        obj,
-        "volumeBindingMode",
-        &Path::default(),
-        &["Immediate", "WaitForFirstConsumer"],
-    );
-    if let Some(old) = old {
-        for (key, msg) in [
-            ("parameters", "updates to parameters are forbidden."),
-            ("provisioner", "updates to provisioner are forbidden."),
-            ("reclaimPolicy", "updates to reclaimPolicy are forbidden."),
-        ] {
-            if !same(get(obj, key), get(old, key)) {
-                errs.push(forbidden(&Path::new(key), msg));
-            }
-        }
-        immutable(
-            errs,
-            &Path::new("volumeBindingMode"),
-            get(obj, "volumeBindingMode"),
-            get(old, "volumeBindingMode"),
-        );
-    }
-}
-
 /// `PodDisruptionBudget`
 pub(crate) fn validate_pdb(errs: &mut Vec<FieldError>, obj: &Value, _old: Option<&Value>) {
     let spec = get(obj, "spec");
@@ -708,22 +632,6 @@ mod tests {
                 "spec.ingress[0].from[1]: Required value: must specify a peer",
                 "spec.policyTypes[0]: Unsupported value: \"Sideways\": supported values: \"Egress\", \"Ingress\"",
             ]
-        );
-    }
-
-    #[test]
-    fn storage_class_rules() {
-        let sc = json!({"provisioner": "rancher.io/local-path", "parameters": {"a": "b"}, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"});
-        assert!(run(validate_storage_class, &sc, None).is_empty());
-        assert_eq!(
-            run(validate_storage_class, &json!({}), None),
-            ["provisioner: Required value"]
-        );
-        let mut changed = sc.clone();
-        changed["parameters"]["a"] = json!("c");
-        assert_eq!(
-            run(validate_storage_class, &changed, Some(&sc)),
-            ["parameters: Forbidden: updates to parameters are forbidden."]
         );
     }
 

@@ -902,7 +902,7 @@ pub(crate) fn validate_volume_source(errs: &mut Vec<FieldError>, vol: &Value, pa
                 if template.is_null() {
                     errs.push(required(&p.child("volumeClaimTemplate"), ""));
                 } else {
-                    super::core::validate_pvc_spec(
+                    super::storage::validate_pvc_spec(
                         errs,
                         get(template, "spec"),
                         &p.child("volumeClaimTemplate").child("spec"),
@@ -1086,7 +1086,11 @@ fn validate_tolerations(errs: &mut Vec<FieldError>, tolerations: &[Value], path:
     }
 }
 
-fn validate_node_selector_terms(errs: &mut Vec<FieldError>, terms: &[Value], path: &Path) {
+pub(crate) fn validate_node_selector_terms(
+    errs: &mut Vec<FieldError>,
+    terms: &[Value],
+    path: &Path,
+) {
     for (i, term) in terms.iter().enumerate() {
         let p = path.index(i);
         for (key, allow_values) in [("matchExpressions", true), ("matchFields", true)] {

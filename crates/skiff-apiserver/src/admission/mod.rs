@@ -1,5 +1,7 @@
 //! The built-in admission plugins that depend on other objects: Priority,
-//! LimitRanger, ResourceQuota, and the PodDisruptionBudget check of pod eviction.
+//! LimitRanger, ResourceQuota, DefaultStorageClass with
+//! StorageObjectInUseProtection ([`storage`]), and the PodDisruptionBudget
+//! check of pod eviction.
 //!
 //! Defaulting and validation look at one object alone; these look at the
 //! namespace around it, so they run inside [`Rest::create`] at upstream's
@@ -19,6 +21,7 @@ pub mod eviction;
 pub mod limit_range;
 pub mod priority;
 pub mod quota;
+pub mod storage;
 
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,34 @@
 //! ResourceQuota admission: a new object is charged to every quota of its
 //! namespace that tracks it, and refused if any would go over `hard`.
 //!
+//! Updates are charged where usage can change after create
+//! ([`Evaluator::charges_update`]): a claim's storage expanded, a service
+//! turned NodePort or LoadBalancer, a pod resized in place. Such an update is
+//! charged only its growth (new usage minus old, resource by resource, never
+//! below zero): shrinking frees nothing here, the controller's recount gives
+//! it back. A quota the object enters on update (a pod given a deadline
+//! joins a `Terminating` quota) is charged the object's whole usage, as
+//! upstream does since it began tracking scope changes. A claim's status
+//! write (the resizer recording a larger allocation) is charged without the
+//! `hard` check, as upstream exempts the status subresource: the storage is
+//! already taken.
+//!
 //! As upstream, the check reads the quota's `status` (written by the quota
 //! controller): `status.hard` says what is enforced and `status.used` what is
 //! taken. A quota whose status does not yet cover a resource it enforces
 //! refuses everything it would charge ("status unknown") until the controller
 //! has counted. The charge is written to `status.used` by compare-and-swap
-//! before the object is stored, so two concurrent creates never both fit in
-//! the last unit; a create that then fails to store gives its charge back
-//! (upstream leaves that to the controller's next full recount).
+//! before the object is stored, so two concurrent writes never both fit in
+//! the last unit; a create or update that then fails to store (a lost
+//! compare-and-swap on the object included: its retry is charged afresh)
+//! gives its charge back (upstream leaves that to the controller's next full
+//! recount).
+//!
+//! Updates are admitted inside [`Rest::guaranteed_update`], against the
+//! stored object each attempt writes over, so every write path (PUT, the
+//! patches, apply, subresources, the server's own writes) is covered. The
+//! status exemption is told by what changed: a status write leaves the spec
+//! alone, and a main-resource write keeps the stored status.
 
 use serde_json::{Value, json};
 use skiff_api::quota::{
@@ -52,12 +72,24 @@ pub fn precheck(
     Ok(Some(restricted))
 }
 
-/// Charges `usage` (without zeros) to `quota`: the new `status.used`, or
-/// `None` when the quota tracks none of it. Refuses a charge that would
-/// exceed `status.hard`, in upstream's words.
+/// Whether a charge must fit within `status.hard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Refuse what would exceed `hard` (every client write).
+    Enforce,
+    /// Record the usage even past `hard` (a status write reporting what is
+    /// already taken).
+    Record,
+}
+
+/// Charges `usage` (without zeros) to `quota`: what it was charged and the
+/// new `status.used`, or `None` when the quota tracks none of it. Unless
+/// `limit` only records, refuses a charge that would exceed `status.hard`,
+/// in upstream's words.
 pub fn charge(
     quota: &Value,
     usage: &ResourceList,
+    limit: Limit,
 ) -> Result<Option<(ResourceList, ResourceList)>, String> {
     let hard = q::parse_list(&quota["status"]["hard"]);
     let used = q::parse_list(&quota["status"]["used"]);
@@ -66,6 +98,9 @@ pub fn charge(
         return Ok(None);
     }
     let new_used = q::add(&used, &requested);
+    if limit == Limit::Record {
+        return Ok(Some((requested, new_used)));
+    }
     let over = exceeded(
         &mask(&new_used, requested.keys().map(String::as_str)),
         &hard,
@@ -83,8 +118,8 @@ pub fn charge(
     Ok(Some((requested, new_used)))
 }
 
-/// What a create was charged, per quota, so that a failed store write can
-/// give it back.
+/// What a create or update was charged, per quota, so that a failed store
+/// write can give it back.
 #[derive(Debug, Default)]
 #[must_use = "a charge must be refunded if the object is not stored"]
 pub struct Charge {
@@ -103,19 +138,20 @@ impl Charge {
                 namespace: Some(&self.namespace),
                 name,
             };
-            let result = rest
-                .guaranteed_update(at, |current| {
-                    let used = q::parse_list(&current["status"]["used"]);
-                    let mut refunded =
-                        q::subtract(&used, &mask(requested, used.keys().map(String::as_str)));
-                    for amount in refunded.values_mut() {
-                        if amount.is_negative() {
-                            *amount = q::Amount::zero();
-                        }
+            // Boxed: quota writes go through the update path that calls
+            // quota admission, which makes these futures recursive.
+            let result = Box::pin(rest.guaranteed_update(at, |current| {
+                let used = q::parse_list(&current["status"]["used"]);
+                let mut refunded =
+                    q::subtract(&used, &mask(requested, used.keys().map(String::as_str)));
+                for amount in refunded.values_mut() {
+                    if amount.is_negative() {
+                        *amount = q::Amount::zero();
                     }
-                    Ok(Mutation::Write(with_used(current, &refunded)))
-                })
-                .await;
+                }
+                Ok(Mutation::Write(with_used(current, &refunded)))
+            }))
+            .await;
             if let Err(e) = result {
                 tracing::warn!(quota = %name, namespace = %self.namespace, error = %e, "quota refund failed");
             }
@@ -141,90 +177,183 @@ pub async fn admit_create(
     dry_run: bool,
 ) -> ApiResult<Charge> {
     let namespace = object::namespace(obj).to_string();
-    let mut taken = Charge {
-        namespace: namespace.clone(),
-        charged: Vec::new(),
-    };
     let Some(evaluator) = Evaluator::for_resource(rt.group, rt.plural) else {
-        return Ok(taken);
+        return Ok(Charge::default());
     };
     if namespace.is_empty() || !rt.namespaced() {
-        return Ok(taken);
-    }
-    let quota_rt = resource("", "resourcequotas");
-    let quotas = list_current(rest, quota_rt, &namespace).await?;
-    if quotas.is_empty() {
-        return Ok(taken);
-    }
-    let name = object::name(obj);
-    let forbidden = |why: String| ApiError::forbidden(rt, name, &why);
-    let mut applying = Vec::new();
-    for quota in &quotas {
-        if precheck(quota, &evaluator, obj)
-            .map_err(forbidden)?
-            .is_some()
-        {
-            applying.push(object::name(quota).to_string());
-        }
+        return Ok(Charge::default());
     }
     let usage = evaluator.usage(obj, jiff::Timestamp::now());
-    let negative = q::negative(&usage);
-    if !negative.is_empty() {
-        return Err(forbidden(format!(
-            "quota usage is negative for resource(s): {}",
-            negative.join(",")
-        )));
+    let request = Request {
+        rt,
+        evaluator: &evaluator,
+        obj,
+        namespace: &namespace,
+        limit: Limit::Enforce,
+    };
+    request
+        .admit(rest, &usage, dry_run, |_| remove_zeros(&usage))
+        .await
+}
+
+/// Checks an update of an object of type `rt` from `old` (as stored) to
+/// `new` against every quota of its namespace and, unless `dry_run`, charges
+/// its growth to them (module docs). Refusals are 403 Forbidden.
+pub async fn admit_update(
+    rest: &Rest,
+    rt: &'static ResourceType,
+    old: &Value,
+    new: &Value,
+    dry_run: bool,
+) -> ApiResult<Charge> {
+    let namespace = object::namespace(new).to_string();
+    let Some(evaluator) = Evaluator::for_resource(rt.group, rt.plural) else {
+        return Ok(Charge::default());
+    };
+    if namespace.is_empty() || !rt.namespaced() || !evaluator.charges_update(old, new) {
+        return Ok(Charge::default());
     }
-    let usage = remove_zeros(&usage);
-    if applying.is_empty() || usage.is_empty() {
-        return Ok(taken);
+    let now = jiff::Timestamp::now();
+    let usage = evaluator.usage(new, now);
+    let growth = remove_zeros(&q::subtract_non_negative(
+        &usage,
+        &evaluator.usage(old, now),
+    ));
+    // Without growth only a change of scopes can charge anything.
+    if growth.is_empty() && !evaluator.scoped() {
+        return Ok(Charge::default());
     }
-    if dry_run {
-        for quota in quotas
-            .iter()
-            .filter(|q| applying.iter().any(|a| a == object::name(q)))
-        {
-            charge(quota, &usage).map_err(forbidden)?;
-        }
-        return Ok(taken);
+    let request = Request {
+        rt,
+        evaluator: &evaluator,
+        obj: new,
+        namespace: &namespace,
+        limit: if is_status_write(old, new) {
+            Limit::Record
+        } else {
+            Limit::Enforce
+        },
+    };
+    let whole = remove_zeros(&usage);
+    request
+        .admit(rest, &usage, dry_run, |quota| {
+            if evaluator.matches(quota, old) {
+                growth.clone()
+            } else {
+                whole.clone()
+            }
+        })
+        .await
+}
+
+/// A write that changed the status and left the spec alone: only a status
+/// subresource write can (a main-resource write keeps the stored status).
+fn is_status_write(old: &Value, new: &Value) -> bool {
+    old.get("spec") == new.get("spec") && old.get("status") != new.get("status")
+}
+
+/// One object to admit against its namespace's quotas.
+struct Request<'a> {
+    rt: &'static ResourceType,
+    evaluator: &'a Evaluator,
+    /// The object as it will be stored.
+    obj: &'a Value,
+    namespace: &'a str,
+    limit: Limit,
+}
+
+impl Request<'_> {
+    fn forbidden(&self, why: String) -> ApiError {
+        ApiError::forbidden(self.rt, object::name(self.obj), &why)
     }
-    for quota_name in applying {
-        let at = ObjectRef {
-            rt: quota_rt,
-            namespace: Some(&namespace),
-            name: &quota_name,
+
+    /// Refuses the object if a quota it falls under cannot take it, then
+    /// (unless `dry_run`) charges each such quota what `asked` says for it,
+    /// by compare-and-swap on the quota's status. `usage` is the object's
+    /// whole usage, checked for negative amounts.
+    async fn admit(
+        &self,
+        rest: &Rest,
+        usage: &ResourceList,
+        dry_run: bool,
+        asked: impl Fn(&Value) -> ResourceList,
+    ) -> ApiResult<Charge> {
+        let mut taken = Charge {
+            namespace: self.namespace.to_string(),
+            charged: Vec::new(),
         };
-        let mut requested = None;
-        let result = rest
-            .guaranteed_update(at, |current| {
+        let quota_rt = resource("", "resourcequotas");
+        let quotas = list_current(rest, quota_rt, self.namespace).await?;
+        if quotas.is_empty() {
+            return Ok(taken);
+        }
+        let mut applying = Vec::new();
+        for quota in &quotas {
+            if precheck(quota, self.evaluator, self.obj)
+                .map_err(|why| self.forbidden(why))?
+                .is_some()
+            {
+                applying.push(quota);
+            }
+        }
+        let negative = q::negative(usage);
+        if !negative.is_empty() {
+            return Err(self.forbidden(format!(
+                "quota usage is negative for resource(s): {}",
+                negative.join(",")
+            )));
+        }
+        if dry_run {
+            for quota in applying {
+                charge(quota, &asked(quota), self.limit).map_err(|why| self.forbidden(why))?;
+            }
+            return Ok(taken);
+        }
+        for quota in applying {
+            let quota_name = object::name(quota).to_string();
+            if asked(quota).is_empty() {
+                continue;
+            }
+            let at = ObjectRef {
+                rt: quota_rt,
+                namespace: Some(self.namespace),
+                name: &quota_name,
+            };
+            let mut requested = None;
+            // Boxed: this write goes through the update path that calls
+            // quota admission, which makes these futures recursive.
+            let result = Box::pin(rest.guaranteed_update(at, |current| {
                 requested = None;
-                if !evaluator.matches(current, obj) {
+                if !self.evaluator.matches(current, self.obj) {
                     return Ok(Mutation::Unchanged);
                 }
-                match charge(current, &usage).map_err(forbidden)? {
+                match charge(current, &asked(current), self.limit)
+                    .map_err(|why| self.forbidden(why))?
+                {
                     None => Ok(Mutation::Unchanged),
-                    Some((asked, new_used)) => {
-                        requested = Some(asked);
+                    Some((charged, new_used)) => {
+                        requested = Some(charged);
                         Ok(Mutation::Write(with_used(current, &new_used)))
                     }
                 }
-            })
+            }))
             .await;
-        match result {
-            Ok(_) => {
-                if let Some(asked) = requested {
-                    taken.charged.push((quota_name, asked));
+            match result {
+                Ok(_) => {
+                    if let Some(charged) = requested {
+                        taken.charged.push((quota_name, charged));
+                    }
+                }
+                // Deleted since it was listed: nothing to charge.
+                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
+                Err(e) => {
+                    taken.refund(rest).await;
+                    return Err(e);
                 }
             }
-            // Deleted since it was listed: nothing to charge.
-            Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
-            Err(e) => {
-                taken.refund(rest).await;
-                return Err(e);
-            }
         }
+        Ok(taken)
     }
-    Ok(taken)
 }
 
 #[cfg(test)]
@@ -254,7 +383,9 @@ mod tests {
             json!({"pods": "3", "requests.cpu": "2"}),
             json!({"pods": "1", "requests.cpu": "500m"}),
         );
-        let (requested, used) = charge(&q, &usage(&pod(Some("1")))).unwrap().unwrap();
+        let (requested, used) = charge(&q, &usage(&pod(Some("1"))), Limit::Enforce)
+            .unwrap()
+            .unwrap();
         assert_eq!(pretty_print(&requested), "pods=1,requests.cpu=1");
         assert_eq!(pretty_print(&used), "pods=2,requests.cpu=1500m");
     }
@@ -266,15 +397,51 @@ mod tests {
             json!({"pods": "2", "requests.cpu": "1"}),
         );
         assert_eq!(
-            charge(&q, &usage(&pod(Some("1")))).unwrap_err(),
+            charge(&q, &usage(&pod(Some("1"))), Limit::Enforce).unwrap_err(),
             "exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"
         );
     }
 
     #[test]
+    fn a_recorded_charge_may_pass_hard() {
+        let q = quota(
+            json!({"requests.storage": "2Gi"}),
+            json!({"requests.storage": "2Gi"}),
+        );
+        let grown = q::parse_list(&json!({"requests.storage": "1Gi"}));
+        assert_eq!(
+            charge(&q, &grown, Limit::Enforce).unwrap_err(),
+            "exceeded quota: compute, requested: requests.storage=1Gi, \
+             used: requests.storage=2Gi, limited: requests.storage=2Gi"
+        );
+        let (requested, used) = charge(&q, &grown, Limit::Record).unwrap().unwrap();
+        assert_eq!(pretty_print(&requested), "requests.storage=1Gi");
+        assert_eq!(pretty_print(&used), "requests.storage=3Gi");
+    }
+
+    #[test]
+    fn status_writes_are_told_apart_by_what_changed() {
+        let claim = json!({"spec": {"resources": {"requests": {"storage": "1Gi"}}},
+                           "status": {"phase": "Bound"}});
+        let mut allocated = claim.clone();
+        allocated["status"]["allocatedResources"] = json!({"storage": "2Gi"});
+        let mut expanded = claim.clone();
+        expanded["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        let mut relabelled = claim.clone();
+        relabelled["metadata"] = json!({"labels": {"a": "b"}});
+        assert!(is_status_write(&claim, &allocated));
+        assert!(!is_status_write(&claim, &expanded));
+        assert!(!is_status_write(&claim, &relabelled));
+    }
+
+    #[test]
     fn a_quota_tracking_nothing_of_the_object_charges_nothing() {
         let q = quota(json!({"configmaps": "1"}), json!({"configmaps": "0"}));
-        assert!(charge(&q, &usage(&pod(None))).unwrap().is_none());
+        assert!(
+            charge(&q, &usage(&pod(None)), Limit::Enforce)
+                .unwrap()
+                .is_none()
+        );
         assert!(
             precheck(&q, &Evaluator::Pods, &pod(None))
                 .unwrap()

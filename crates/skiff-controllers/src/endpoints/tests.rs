@@ -361,9 +361,9 @@ fn truncation_shares_ready_addresses_proportionally() {
 /// The controller's traffic against a fake API server.
 mod controller {
     use serde_json::{Value, json};
+    use skiff_testing::FakeApi;
 
     use super::*;
-    use crate::endpointslice::fake_api;
 
     fn to_json<T: serde::Serialize>(value: T) -> Value {
         serde_json::to_value(value).expect("serializable")
@@ -390,7 +390,7 @@ mod controller {
             "metadata": {"name": "kubernetes", "namespace": "default", "uid": "s0"},
             "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 443}]},
         });
-        let (client, writes) = fake_api::client(vec![
+        let api = FakeApi::new(vec![
             ("/api/v1/services", vec![to_json(web()), api_service]),
             (
                 "/api/v1/pods",
@@ -401,6 +401,7 @@ mod controller {
                 vec![managed_orphan, manual, api_endpoints],
             ),
         ]);
+        let client = api.client();
         let shutdown = CancellationToken::new();
         let mut factory = InformerFactory::new(client.clone());
         let controller = start(
@@ -416,7 +417,7 @@ mod controller {
         controller.await.expect("controller");
         informers.await.expect("informers");
 
-        let writes = writes.lock().expect("writes").clone();
+        let writes = api.writes();
         let mut summary: Vec<(String, String)> = writes
             .iter()
             .map(|w| (w.method.clone(), w.path.clone()))

@@ -52,8 +52,6 @@ pub(crate) mod membership;
 pub mod reconciler;
 
 #[cfg(test)]
-pub(crate) mod fake_api;
-#[cfg(test)]
 mod tests;
 
 use endpoint::{

@@ -622,6 +622,7 @@ fn slice_with(name: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
 /// The controller's traffic against a fake API server.
 mod controller {
     use serde_json::{Value, json};
+    use skiff_testing::FakeApi;
 
     use super::*;
 
@@ -644,7 +645,7 @@ mod controller {
             "addressType": "IPv4",
             "endpoints": [{"addresses": ["192.168.1.1"], "conditions": {"ready": true}}],
         });
-        let (client, writes) = fake_api::client(vec![
+        let api = FakeApi::new(vec![
             ("/api/v1/services", vec![to_json(web()), api_service]),
             (
                 "/api/v1/pods",
@@ -653,6 +654,7 @@ mod controller {
             ("/api/v1/nodes", vec![to_json(&*node("n1", Some("zone-a")))]),
             ("/apis/discovery.k8s.io/v1/endpointslices", vec![api_slice]),
         ]);
+        let client = api.client();
         let shutdown = CancellationToken::new();
         let mut factory = InformerFactory::new(client.clone());
         // Resyncing every second: each resync would create again if the
@@ -669,7 +671,7 @@ mod controller {
         controller.await.expect("controller");
         informers.await.expect("informers");
 
-        let writes = writes.lock().expect("writes").clone();
+        let writes = api.writes();
         let [write] = writes.as_slice() else {
             panic!("one write expected, got {writes:#?}");
         };

@@ -112,18 +112,17 @@ fn an_edited_root_ca_is_reset_keeping_the_users_metadata() {
 /// The controllers' traffic against a fake API server.
 mod controller {
     use serde_json::{Value, json};
+    use skiff_testing::FakeApi;
 
     use super::*;
-    use crate::endpointslice::fake_api;
 
     fn to_json<T: serde::Serialize>(value: T) -> Value {
         serde_json::to_value(value).expect("serializable")
     }
 
-    fn writes_of(writes: &fake_api::Writes) -> Vec<(String, String)> {
-        let mut summary: Vec<(String, String)> = writes
-            .lock()
-            .expect("writes")
+    fn writes_of(api: &FakeApi) -> Vec<(String, String)> {
+        let mut summary: Vec<(String, String)> = api
+            .writes()
             .iter()
             .map(|w| (w.method.clone(), w.path.clone()))
             .collect();
@@ -152,7 +151,7 @@ mod controller {
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": "default", "namespace": "a"},
         });
-        let (client, writes) = fake_api::client(vec![
+        let api = FakeApi::new(vec![
             (
                 "/api/v1/namespaces",
                 vec![
@@ -163,6 +162,7 @@ mod controller {
             ),
             ("/api/v1/serviceaccounts", vec![existing]),
         ]);
+        let client = api.client();
         let shutdown = CancellationToken::new();
         let mut factory = InformerFactory::new(client.clone());
         let controller = start(
@@ -173,16 +173,13 @@ mod controller {
         );
         run_for_a_while(factory, controller, shutdown).await;
         assert_eq!(
-            writes_of(&writes),
+            writes_of(&api),
             [(
                 "POST".to_string(),
                 "/api/v1/namespaces/b/serviceaccounts".to_string()
             )]
         );
-        assert_eq!(
-            writes.lock().expect("writes")[0].body["metadata"]["name"],
-            "default"
-        );
+        assert_eq!(api.writes()[0].body["metadata"]["name"], "default");
     }
 
     #[tokio::test(start_paused = true)]
@@ -195,7 +192,7 @@ mod controller {
                 "data": {"ca.crt": ca},
             })
         };
-        let (client, writes) = fake_api::client(vec![
+        let api = FakeApi::new(vec![
             (
                 "/api/v1/namespaces",
                 vec![
@@ -209,13 +206,14 @@ mod controller {
                 vec![config_map("a", CA), config_map("b", "stale")],
             ),
         ]);
+        let client = api.client();
         let shutdown = CancellationToken::new();
         let mut factory = InformerFactory::new(client.clone());
         let config = RootCaConfig { ca_pem: CA.into() };
         let controller = start_root_ca_publisher(&mut factory, client, config, shutdown.clone());
         run_for_a_while(factory, controller, shutdown).await;
         assert_eq!(
-            writes_of(&writes),
+            writes_of(&api),
             [
                 (
                     "POST".to_string(),
@@ -227,7 +225,7 @@ mod controller {
                 ),
             ]
         );
-        let writes = writes.lock().expect("writes");
+        let writes = api.writes();
         assert!(writes.iter().all(|w| w.body["data"]["ca.crt"] == CA));
     }
 }

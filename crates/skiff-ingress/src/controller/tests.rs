@@ -10,11 +10,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use skiff_testing::FakeApi;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::class::{CONTROLLER, DEFAULT_CLASS_ANNOTATION};
-use crate::fake_api::FakeApi;
 use crate::{IngressConfig, run};
 
 const INGRESSES: &str = "/apis/networking.k8s.io/v1/ingresses";
@@ -158,13 +158,7 @@ async fn serves_owned_ingresses_reloads_live_and_writes_status() {
         "true"
     );
     // The watch shows it; then the class-less Ingress is ours.
-    let mut class = create.body.clone();
-    class["metadata"]["resourceVersion"] = json!("3");
-    eventually("a watch of IngressClasses", || {
-        let pushed = api.push(CLASSES, "ADDED", class.clone());
-        async move { pushed }
-    })
-    .await;
+    api.send(CLASSES, "ADDED", create.body.clone()).await;
     eventually("routing to svc-a", || async {
         get(http, "web.example.com").await == Some((StatusCode::OK, "a".to_owned()))
     })
@@ -198,9 +192,8 @@ async fn serves_owned_ingresses_reloads_live_and_writes_status() {
     // An update (with the status now shown) moves the route without a
     // status write, and the open listener serves it.
     let mut moved = ingress("web", None, "svc-b");
-    moved["metadata"]["resourceVersion"] = json!("4");
     moved["status"] = patches[0].body["status"].clone();
-    assert!(api.push(INGRESSES, "MODIFIED", moved));
+    api.send(INGRESSES, "MODIFIED", moved).await;
     eventually("routing to svc-b", || async {
         get(http, "web.example.com").await == Some((StatusCode::OK, "b".to_owned()))
     })
@@ -224,13 +217,21 @@ async fn serves_owned_ingresses_reloads_live_and_writes_status() {
 
 #[tokio::test]
 async fn an_existing_class_is_left_alone() {
-    let api = FakeApi::new(Vec::new());
-    api.conflict_on_create();
     let config = IngressConfig {
         http_address: free_port().await,
         https_address: free_port().await,
         ..IngressConfig::default()
     };
+    // Created by someone else, so the create answers 409 AlreadyExists.
+    let api = FakeApi::new(Vec::new());
+    api.store(
+        &format!("{CLASSES}/{}", config.class_name),
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": config.class_name},
+            "spec": {"controller": CONTROLLER},
+        }),
+    );
     let http = config.http_address;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(run(api.client(), config, shutdown.clone()));

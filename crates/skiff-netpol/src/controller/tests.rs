@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use super::*;
-use crate::fake_api::{Collection, FakeApi, namespace, pod, policy};
+use crate::fixtures::{Collection, fake_api, namespace, pod, policy, send};
 use crate::nft::RecordingNft;
 
 const NODE: &str = "node-a";
@@ -115,7 +115,7 @@ async fn applied(nft: &RecordingNft, count: usize) -> Vec<String> {
 #[tokio::test]
 async fn applies_the_rendered_table_once_everything_is_listed() {
     let objects = world();
-    let (client, _api) = FakeApi::start(objects.clone(), false);
+    let client = fake_api(objects.clone()).client();
     let nft = RecordingNft::new();
     let running = Running::start(client, config(), nft.clone());
     let first = applied(&nft, 1).await;
@@ -133,7 +133,8 @@ async fn applies_the_rendered_table_once_everything_is_listed() {
 
 #[tokio::test]
 async fn label_change_reapplies_within_a_second_and_no_op_changes_do_not() {
-    let (client, api) = FakeApi::start(world(), false);
+    let api = fake_api(world());
+    let client = api.client();
     let nft = RecordingNft::new();
     let _running = Running::start(client, config(), nft.clone());
     let first = applied(&nft, 1).await;
@@ -141,7 +142,8 @@ async fn label_change_reapplies_within_a_second_and_no_op_changes_do_not() {
 
     // The remote pod becomes a front: it joins the peer set.
     let pushed = Instant::now();
-    api.push(
+    send(
+        &api,
         Collection::Pods,
         "MODIFIED",
         pod(
@@ -151,7 +153,8 @@ async fn label_change_reapplies_within_a_second_and_no_op_changes_do_not() {
             "10.42.1.4",
             json!({"role": "front"}),
         ),
-    );
+    )
+    .await;
     let second = applied(&nft, 2).await;
     assert!(
         pushed.elapsed() < Duration::from_secs(1),
@@ -161,12 +164,15 @@ async fn label_change_reapplies_within_a_second_and_no_op_changes_do_not() {
     assert!(second[1].contains("\t\t\t10.42.1.4,\n"), "{}", second[1]);
 
     // A change the rules do not read renders the same text: nothing runs.
-    api.push(
+    send(
+        &api,
         Collection::Namespaces,
         "MODIFIED",
         namespace("default", json!({})),
-    );
-    api.push(
+    )
+    .await;
+    send(
+        &api,
         Collection::Pods,
         "MODIFIED",
         pod(
@@ -176,19 +182,21 @@ async fn label_change_reapplies_within_a_second_and_no_op_changes_do_not() {
             "10.42.1.4",
             json!({"role": "front"}),
         ),
-    );
+    )
+    .await;
     sleep(Duration::from_millis(300)).await;
     assert_eq!(nft.applied().len(), 2);
 
     // Deleting the policy leaves nobody isolated.
-    api.push(Collection::Policies, "DELETED", web_from_front());
+    send(&api, Collection::Policies, "DELETED", web_from_front()).await;
     let third = applied(&nft, 3).await;
     assert!(!third[2].contains("jump"), "{}", third[2]);
 }
 
 #[tokio::test]
 async fn bursts_of_changes_are_applied_together() {
-    let (client, api) = FakeApi::start(world(), false);
+    let api = fake_api(world());
+    let client = api.client();
     let nft = RecordingNft::new();
     let config = NetpolConfig {
         debounce: Duration::from_millis(200),
@@ -197,7 +205,8 @@ async fn bursts_of_changes_are_applied_together() {
     let _running = Running::start(client, config, nft.clone());
     applied(&nft, 1).await;
     for i in 0..20 {
-        api.push(
+        send(
+            &api,
             Collection::Pods,
             "ADDED",
             pod(
@@ -207,7 +216,8 @@ async fn bursts_of_changes_are_applied_together() {
                 &format!("10.42.2.{i}"),
                 json!({"role": "front"}),
             ),
-        );
+        )
+        .await;
     }
     let scripts = applied(&nft, 2).await;
     sleep(Duration::from_millis(400)).await;
@@ -221,18 +231,20 @@ async fn bursts_of_changes_are_applied_together() {
 
 #[tokio::test]
 async fn nothing_is_applied_until_every_cache_has_listed() {
-    let (client, api) = FakeApi::start(world(), true);
+    let api = fake_api(world());
+    api.hold_lists(Collection::Namespaces.path());
+    let client = api.client();
     let nft = RecordingNft::new();
     let _running = Running::start(client, config(), nft.clone());
     sleep(Duration::from_millis(300)).await;
     assert!(nft.applied().is_empty(), "namespaces are not listed yet");
-    api.open_namespaces();
+    api.release_lists(Collection::Namespaces.path());
     applied(&nft, 1).await;
 }
 
 #[tokio::test]
 async fn refused_scripts_are_retried() {
-    let (client, _api) = FakeApi::start(world(), false);
+    let client = fake_api(world()).client();
     let nft = RecordingNft::new();
     nft.fail_next(2);
     let _running = Running::start(client, config(), nft.clone());
@@ -242,7 +254,7 @@ async fn refused_scripts_are_retried() {
 
 #[tokio::test]
 async fn shutdown_stops_the_loop() {
-    let (client, _api) = FakeApi::start(world(), false);
+    let client = fake_api(world()).client();
     let nft = RecordingNft::new();
     let running = Running::start(client, config(), nft.clone());
     applied(&nft, 1).await;
@@ -251,7 +263,7 @@ async fn shutdown_stops_the_loop() {
 
 #[tokio::test]
 async fn bad_config_is_refused_before_watching() {
-    let (client, _api) = FakeApi::start(world(), false);
+    let client = fake_api(world()).client();
     for (config, expected) in [
         (NetpolConfig::new(""), "node name is empty"),
         (
@@ -283,7 +295,7 @@ async fn bad_config_is_refused_before_watching() {
 
 #[tokio::test]
 async fn a_missing_nft_binary_stops_run_with_an_error() {
-    let (client, _api) = FakeApi::start(world(), false);
+    let client = fake_api(world()).client();
     let config = NetpolConfig {
         nft_path: "/nonexistent/skiff-test/nft".into(),
         ..config()

@@ -12,6 +12,7 @@ mod network;
 mod policy;
 mod registry;
 mod static_pods;
+mod storage;
 mod streaming;
 mod termination;
 mod volumes;
