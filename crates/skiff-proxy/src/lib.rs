@@ -8,7 +8,7 @@
 //! - [`service`] reads the objects into Service ports and their usable
 //!   endpoints (ready, else serving-and-terminating; node-local ones for the
 //!   `Local` traffic policies);
-//! - [`render`] lays them out as chains, maps and sets (see its docs for the
+//! - [`render`](mod@render) lays them out as chains, maps and sets (see its docs for the
 //!   packet path) in a [`Ruleset`];
 //! - [`ruleset`] turns a ruleset into an `nft -f` script, whole or as the
 //!   difference from the last applied one, always one atomic transaction;

@@ -93,6 +93,8 @@ pub struct SyncStats {
     pub script_bytes: usize,
     /// Chains in the table.
     pub chains: usize,
+    /// Elements of the table's sets and maps.
+    pub elements: usize,
 }
 
 /// Keeps one nftables table equal to the rendering of the latest snapshot.
@@ -145,6 +147,7 @@ impl Proxier {
         };
         let render_time = started.elapsed();
         let chains = desired.chain_names().count();
+        let elements = desired.element_count();
         if mode == SyncMode::Unchanged {
             return Ok(SyncStats {
                 mode,
@@ -152,6 +155,7 @@ impl Proxier {
                 apply: Duration::ZERO,
                 script_bytes: 0,
                 chains,
+                elements,
             });
         }
         let applying = Instant::now();
@@ -179,6 +183,7 @@ impl Proxier {
                     apply,
                     script_bytes,
                     chains,
+                    elements,
                 })
             }
             Err((mode, source)) => {
@@ -283,6 +288,7 @@ where
                             render_ms = stats.render.as_secs_f64() * 1e3,
                             apply_ms = stats.apply.as_secs_f64() * 1e3,
                             chains = stats.chains,
+                            elements = stats.elements,
                             "synced service rules"
                         );
                     }

@@ -418,6 +418,84 @@ fn nft_accepts_the_full_table_and_incremental_updates_reach_the_same_state() {
 }
 
 #[test]
+fn endpoint_count_groups_come_and_go_incrementally() {
+    let Some([incremental, full]) = namespaces(["grp-inc", "grp-full"]) else {
+        return;
+    };
+    let config = node_config(&incremental);
+    let services = vec![
+        service(
+            "default",
+            "a",
+            json!({"clusterIP": "10.43.0.80", "ports": [{"name": "http", "port": 80}]}),
+        ),
+        service(
+            "default",
+            "b",
+            json!({"clusterIP": "10.43.0.81", "ports": [{"name": "http", "port": 80, "protocol": "UDP"}]}),
+        ),
+    ];
+    let http = json!([{"name": "http", "port": 8080}]);
+    let udp = json!([{"name": "http", "port": 8080, "protocol": "UDP"}]);
+    let one_each = vec![
+        slice("default", "a", http.clone(), &[("10.42.1.2", "node-a")]),
+        slice("default", "b", udp.clone(), &[("10.42.1.3", "node-a")]),
+    ];
+    let three_each = vec![
+        slice(
+            "default",
+            "a",
+            http,
+            &[
+                ("10.42.1.2", "node-a"),
+                ("10.42.1.4", "node-b"),
+                ("10.42.1.5", "node-c"),
+            ],
+        ),
+        slice(
+            "default",
+            "b",
+            udp,
+            &[
+                ("10.42.1.3", "node-a"),
+                ("10.42.1.6", "node-b"),
+                ("10.42.1.7", "node-c"),
+            ],
+        ),
+    ];
+    let mut proxier = Proxier::new(
+        config.clone(),
+        Arc::new(SystemHost::new(Some(incremental.0.clone()))),
+    );
+    assert_eq!(
+        proxier.sync(&services, &one_each).unwrap().mode,
+        SyncMode::Full
+    );
+    // `pick-1` and its map go, `pick-3` and its map come, in one update; and
+    // back again.
+    for (slices, present, gone) in [
+        (&three_each, "pick-3", "pick-1"),
+        (&one_each, "pick-1", "pick-3"),
+    ] {
+        assert_eq!(
+            proxier.sync(&services, slices).unwrap().mode,
+            SyncMode::Incremental
+        );
+        let desired = render(&node_config(&full), &services, slices);
+        SystemHost::new(Some(full.0.clone()))
+            .nft(&desired.full_script())
+            .unwrap();
+        let listed = listing(&incremental, &config.table);
+        assert_eq!(listed, listing(&full, &config.table));
+        assert!(
+            listed.contains(&format!("chain {present} {{")),
+            "{listed:#?}"
+        );
+        assert!(!listed.iter().any(|l| l.contains(gone)), "{listed:#?}");
+    }
+}
+
+#[test]
 fn traffic_reaches_endpoints_through_the_proxy() {
     let Some([node, client, backend, external]) = namespaces(["node", "client", "backend", "ext"])
     else {

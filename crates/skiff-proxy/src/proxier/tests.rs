@@ -60,22 +60,20 @@ fn the_first_sync_replaces_the_table_later_ones_apply_differences() {
     );
     assert_eq!(host.scripts().len(), 1);
 
-    // An endpoint replaced: only its chains and the Service chain change.
+    // An endpoint replaced: only its map and hairpin elements change.
     let stats = proxier
         .sync(&services, &[Arc::new(slice("web", &["10.42.1.6"]))])
         .unwrap();
     assert_eq!(stats.mode, SyncMode::Incremental);
     assert_eq!(
         host.scripts()[1],
-        "add chain ip skiff-proxy ep-default/web/tcp/http__10.42.1.6/8080\n\
-         flush chain ip skiff-proxy ep-default/web/tcp/http__10.42.1.5/8080\n\
-         flush chain ip skiff-proxy svc-default/web/tcp/http\n\
-         add rule ip skiff-proxy ep-default/web/tcp/http__10.42.1.6/8080 ip saddr 10.42.1.6 jump mark-for-masquerade\n\
-         add rule ip skiff-proxy ep-default/web/tcp/http__10.42.1.6/8080 meta l4proto tcp dnat to 10.42.1.6:8080\n\
-         add rule ip skiff-proxy svc-default/web/tcp/http ip daddr 10.43.0.20 tcp dport 80 ip saddr != 10.42.0.0/16 jump mark-for-masquerade\n\
-         add rule ip skiff-proxy svc-default/web/tcp/http goto ep-default/web/tcp/http__10.42.1.6/8080\n\
-         delete chain ip skiff-proxy ep-default/web/tcp/http__10.42.1.5/8080\n"
+        "delete element ip skiff-proxy endpoints-1 { 10.43.0.20 . tcp . 80 . 0 }\n\
+         add element ip skiff-proxy endpoints-1 { 10.43.0.20 . tcp . 80 . 0 : 10.42.1.6 . 8080 }\n\
+         delete element ip skiff-proxy hairpin { 10.42.1.5 . 10.42.1.5 }\n\
+         add element ip skiff-proxy hairpin { 10.42.1.6 . 10.42.1.6 }\n"
     );
+    // The 11 fixed chains and `pick-1`; the ClusterIP, its endpoint, the hairpin.
+    assert_eq!((stats.chains, stats.elements), (12, 3));
 }
 
 #[test]
@@ -180,7 +178,7 @@ async fn the_loop_waits_for_both_lists_batches_changes_and_leaves_rules_on_shutd
     after(1).await;
     let scripts = host.scripts();
     assert_eq!(scripts.len(), 1);
-    assert!(scripts[0].contains("10.43.0.20 . tcp . 80 : goto svc-default/web/tcp/http"));
+    assert!(scripts[0].contains("10.43.0.20 . tcp . 80 : goto pick-1"));
     assert_eq!(
         *host.sysctls.lock().unwrap(),
         [
@@ -207,8 +205,8 @@ async fn the_loop_waits_for_both_lists_batches_changes_and_leaves_rules_on_shutd
     after(50).await;
     let scripts = host.scripts();
     assert_eq!(scripts.len(), 2);
-    assert!(scripts[1].contains("dnat to 10.42.1.8:8080"));
-    assert!(!scripts[1].contains("dnat to 10.42.1.7:8080"));
+    assert!(scripts[1].contains("10.43.0.20 . tcp . 80 . 0 : 10.42.1.8 . 8080"));
+    assert!(!scripts[1].contains("10.42.1.7 . 8080"));
 
     // A deleted Service is removed; an unchanged re-apply runs nothing.
     services
@@ -227,7 +225,8 @@ async fn the_loop_waits_for_both_lists_batches_changes_and_leaves_rules_on_shutd
     assert!(
         scripts[2].contains("delete element ip skiff-proxy service-ips { 10.43.0.20 . tcp . 80 }")
     );
-    assert!(scripts[2].contains("delete chain ip skiff-proxy svc-default/web/tcp/http\n"));
+    assert!(scripts[2].contains("delete chain ip skiff-proxy pick-1\n"));
+    assert!(scripts[2].contains("delete map ip skiff-proxy endpoints-1\n"));
 
     shutdown.cancel();
     task.await.unwrap().unwrap();

@@ -86,6 +86,44 @@ fn element(r: &Ruleset, map: &str, key: &str) -> Option<String> {
     r.map(map).unwrap().get(key).cloned()
 }
 
+/// The addresses in the hairpin set (each element is `ip . ip`).
+fn hairpin(r: &Ruleset) -> Vec<String> {
+    r.set(HAIRPIN)
+        .unwrap()
+        .map(|e| {
+            let (a, b) = e.split_once(" . ").unwrap();
+            assert_eq!(a, b, "hairpin element {e}");
+            a.to_owned()
+        })
+        .collect()
+}
+
+/// The `pick-N` chain: masquerade off-cluster clients, then DNAT through
+/// `endpoints-N` for each protocol.
+fn pick(n: usize) -> Vec<String> {
+    let mut rules = vec!["ip saddr != 10.42.0.0/16 jump mark-for-masquerade".to_owned()];
+    for proto in ["tcp", "udp", "sctp"] {
+        rules.push(format!(
+            "meta l4proto {proto} dnat to ip daddr . meta l4proto . th dport . numgen random mod {n} map @endpoints-{n}"
+        ));
+    }
+    rules
+}
+
+/// The elements of `endpoints-N` for one ClusterIP key, in slot order.
+fn endpoints(r: &Ruleset, n: usize, key: &str) -> Vec<String> {
+    (0..n)
+        .map(|slot| {
+            element(r, &format!("endpoints-{n}"), &format!("{key} . {slot}"))
+                .unwrap_or_else(|| panic!("no slot {slot} for {key}"))
+        })
+        .collect()
+}
+
+fn no_pick_chains(r: &Ruleset) -> bool {
+    !r.chain_names().any(|c| c.starts_with("pick-"))
+}
+
 const SVC: &str = "svc-default/web/tcp/http";
 const LOCAL: &str = "local-default/web/tcp/http";
 const EXT: &str = "ext-default/web/tcp/http";
@@ -107,46 +145,112 @@ fn cluster_ip_balances_over_ready_endpoints_with_the_named_target_port() {
     );
     assert_eq!(
         element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80").as_deref(),
-        Some("goto svc-default/web/tcp/http")
+        Some("goto pick-2")
     );
+    assert_eq!(rules(&r, "pick-2"), pick(2));
     assert_eq!(
-        rules(&r, SVC),
-        [
-            CIP_MASQ.to_owned(),
-            format!("numgen random mod 2 == 0 goto {EP1}"),
-            format!("goto {EP2}"),
-        ]
+        endpoints(&r, 2, "10.43.0.20 . tcp . 80"),
+        ["10.42.1.5 . 8080", "10.42.2.6 . 8080"]
     );
+    assert_eq!(r.map("endpoints-2").unwrap().len(), 2);
+    // A pod reaching itself through the Service is masqueraded.
+    assert_eq!(hairpin(&r), ["10.42.1.5", "10.42.2.6"]);
     assert_eq!(
-        rules(&r, EP1),
-        [
-            format!("ip saddr 10.42.1.5 {MASQ}"),
-            "meta l4proto tcp dnat to 10.42.1.5:8080".to_owned(),
-        ]
+        rules(&r, "masquerading")[0],
+        format!("ct status dnat ip saddr . ip daddr @hairpin {MASQ}")
     );
-    assert!(r.chain("ep-default/web/tcp/http__10.42.3.7/8080").is_none());
     assert!(r.map(NO_ENDPOINT_SERVICES).unwrap().is_empty());
-    assert!(r.chain(EXT).is_none() && r.chain(LOCAL).is_none());
+    // No chain of its own.
+    assert!(r.chain(SVC).is_none() && r.chain(EXT).is_none() && r.chain(LOCAL).is_none());
+    assert!(!r.chain_names().any(|c| c.starts_with("ep-")));
+}
+
+#[test]
+fn cluster_ips_share_the_pick_chain_of_their_endpoint_count() {
+    let other = service(
+        "other",
+        json!({"clusterIP": "10.43.0.21", "ports": [{"name": "p", "port": 81, "protocol": "UDP"}]}),
+    );
+    let one = service(
+        "one",
+        json!({"clusterIP": "10.43.0.22", "ports": [{"name": "p", "port": 82}]}),
+    );
+    let slices = [
+        web_slice(vec![
+            ep("10.42.1.5", "node-a", READY),
+            ep("10.42.2.6", "node-b", READY),
+        ]),
+        slice(
+            "other",
+            "other-1",
+            json!([{"name": "p", "port": 5353, "protocol": "UDP"}]),
+            vec![
+                ep("10.42.3.7", "node-c", READY),
+                ep("10.42.2.6", "node-b", READY),
+            ],
+        ),
+        slice(
+            "one",
+            "one-1",
+            json!([{"name": "p", "port": 8082}]),
+            vec![ep("10.42.3.7", "node-c", READY)],
+        ),
+    ];
+    let r = render(&config(), &[web(json!({})), other, one], &slices);
+    assert_eq!(
+        element(&r, SERVICE_IPS, "10.43.0.21 . udp . 81").as_deref(),
+        Some("goto pick-2")
+    );
+    assert_eq!(
+        endpoints(&r, 2, "10.43.0.21 . udp . 81"),
+        ["10.42.2.6 . 5353", "10.42.3.7 . 5353"]
+    );
+    assert_eq!(r.map("endpoints-2").unwrap().len(), 4);
+    assert_eq!(
+        element(&r, SERVICE_IPS, "10.43.0.22 . tcp . 82").as_deref(),
+        Some("goto pick-1")
+    );
+    assert_eq!(rules(&r, "pick-1"), pick(1));
+    assert_eq!(
+        endpoints(&r, 1, "10.43.0.22 . tcp . 82"),
+        ["10.42.3.7 . 8082"]
+    );
+    assert_eq!(
+        r.chain_names().filter(|c| c.starts_with("pick-")).count(),
+        2
+    );
+    // Each address once, whatever number of Services it serves.
+    assert_eq!(hairpin(&r), ["10.42.1.5", "10.42.2.6", "10.42.3.7"]);
 }
 
 #[test]
 fn the_random_cascade_is_uniform_over_three_endpoints() {
+    let svc = web(json!({"type": "NodePort", "ports": [
+        {"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}
+    ]}));
     let r = render(
         &config(),
-        &[web(json!({}))],
+        &[svc],
         &[web_slice(vec![
             ep("10.42.1.5", "node-a", READY),
             ep("10.42.2.6", "node-b", READY),
             ep("10.42.3.7", "node-c", READY),
         ])],
     );
+    // 1/3, then 1/2 of the remaining 2/3, then the rest.
     assert_eq!(
-        rules(&r, SVC)[1..],
+        rules(&r, SVC),
         [
-            format!("numgen random mod 3 == 0 goto {EP1}"),
-            format!("numgen random mod 2 == 0 goto {EP2}"),
-            "goto ep-default/web/tcp/http__10.42.3.7/8080".to_owned(),
+            "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.42.1.5:8080",
+            "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.2.6:8080",
+            "meta l4proto tcp dnat to 10.42.3.7:8080",
         ]
+    );
+    // The ClusterIP's choice: one slot per endpoint.
+    assert_eq!(rules(&r, "pick-3")[1..], pick(3)[1..]);
+    assert_eq!(
+        endpoints(&r, 3, "10.43.0.20 . tcp . 80"),
+        ["10.42.1.5 . 8080", "10.42.2.6 . 8080", "10.42.3.7 . 8080"]
     );
 }
 
@@ -157,8 +261,11 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
         ep("10.42.2.6", "node-b", (false, false, true)),
     ])];
     let r = render(&config(), &[web(json!({}))], &slices);
-    assert_eq!(rules(&r, SVC), [CIP_MASQ.to_owned(), format!("goto {EP1}")]);
-    assert!(r.chain(EP2).is_none());
+    assert_eq!(
+        endpoints(&r, 1, "10.43.0.20 . tcp . 80"),
+        ["10.42.1.5 . 8080"]
+    );
+    assert_eq!(hairpin(&r), ["10.42.1.5"]);
 
     // One ready endpoint wins over the terminating one.
     let slices = [web_slice(vec![
@@ -166,8 +273,11 @@ fn terminating_endpoints_serve_only_when_none_is_ready() {
         ep("10.42.2.6", "node-b", READY),
     ])];
     let r = render(&config(), &[web(json!({}))], &slices);
-    assert_eq!(rules(&r, SVC), [CIP_MASQ.to_owned(), format!("goto {EP2}")]);
-    assert!(r.chain(EP1).is_none());
+    assert_eq!(
+        endpoints(&r, 1, "10.43.0.20 . tcp . 80"),
+        ["10.42.2.6 . 8080"]
+    );
+    assert_eq!(hairpin(&r), ["10.42.2.6"]);
 }
 
 #[test]
@@ -189,6 +299,7 @@ fn a_service_without_endpoints_is_rejected_not_dropped() {
         assert!(r.map(SERVICE_IPS).unwrap().is_empty());
         assert!(r.map(SERVICE_NODEPORTS).unwrap().is_empty());
         assert!(r.chain(SVC).is_none() && r.chain(EXT).is_none());
+        assert!(no_pick_chains(&r) && hairpin(&r).is_empty());
     }
     let r = render(&config(), &[svc], &[]);
     assert_eq!(
@@ -221,6 +332,18 @@ fn node_port_with_cluster_policy_masquerades_and_uses_all_endpoints() {
         Some("goto ext-default/web/tcp/http")
     );
     assert_eq!(rules(&r, EXT), [MASQ.to_owned(), format!("goto {SVC}")]);
+    assert_eq!(
+        rules(&r, SVC),
+        [
+            "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.1.5:8080",
+            "meta l4proto tcp dnat to 10.42.2.6:8080",
+        ]
+    );
+    // The ClusterIP still resolves through the map.
+    assert_eq!(
+        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80").as_deref(),
+        Some("goto pick-2")
+    );
     assert_eq!(
         rules(&r, "services"),
         [
@@ -276,11 +399,25 @@ fn external_policy_local_keeps_the_source_and_uses_local_endpoints() {
             format!("goto {LOCAL}"),
         ]
     );
-    assert_eq!(rules(&r, LOCAL), [format!("goto {EP1}")]);
+    assert_eq!(
+        rules(&r, LOCAL),
+        ["meta l4proto tcp dnat to 10.42.1.5:8080"]
+    );
     // Internal traffic still uses every endpoint.
     assert_eq!(
-        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80"),
-        Some(format!("goto {SVC}"))
+        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80").as_deref(),
+        Some("goto pick-2")
+    );
+    assert_eq!(
+        endpoints(&r, 2, "10.43.0.20 . tcp . 80"),
+        ["10.42.1.5 . 8080", "10.42.2.6 . 8080"]
+    );
+    assert_eq!(
+        rules(&r, SVC),
+        [
+            "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.42.1.5:8080",
+            "meta l4proto tcp dnat to 10.42.2.6:8080",
+        ]
     );
     assert!(r.map(NO_ENDPOINT_SERVICES).unwrap().is_empty());
 
@@ -329,14 +466,15 @@ fn internal_policy_local_uses_only_this_nodes_endpoints() {
         ])],
     );
     assert_eq!(
-        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80"),
-        Some(format!("goto {LOCAL}"))
+        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80").as_deref(),
+        Some("goto pick-1")
     );
     assert_eq!(
-        rules(&r, LOCAL),
-        [CIP_MASQ.to_owned(), format!("goto {EP1}")]
+        endpoints(&r, 1, "10.43.0.20 . tcp . 80"),
+        ["10.42.1.5 . 8080"]
     );
-    assert!(r.chain(SVC).is_none() && r.chain(EP2).is_none());
+    assert!(r.chain(SVC).is_none() && r.chain(LOCAL).is_none());
+    assert_eq!(hairpin(&r), ["10.42.1.5"]);
 
     // None here: dropped (there are endpoints elsewhere, so not rejected).
     let r = render(
@@ -350,6 +488,7 @@ fn internal_policy_local_uses_only_this_nodes_endpoints() {
         Some("drop")
     );
     assert!(r.chain(LOCAL).is_none() && r.chain(SVC).is_none());
+    assert!(no_pick_chains(&r));
 }
 
 #[test]
@@ -381,21 +520,15 @@ fn an_endpoint_at_a_node_address_is_local_and_dnats_to_the_host() {
         .unwrap(),
     );
     let r = render(&config(), &[dns], &[slice]);
-    assert_eq!(
-        element(&r, SERVICE_IPS, "10.43.0.10 . udp . 53").as_deref(),
-        Some("goto local-kube-system/kube-dns/udp/dns")
-    );
-    assert_eq!(
-        element(&r, SERVICE_IPS, "10.43.0.10 . tcp . 53").as_deref(),
-        Some("goto local-kube-system/kube-dns/tcp/dns-tcp")
-    );
-    assert_eq!(
-        rules(&r, "ep-kube-system/kube-dns/udp/dns__192.168.1.10/1053"),
-        [
-            format!("ip saddr 192.168.1.10 {MASQ}"),
-            "meta l4proto udp dnat to 192.168.1.10:1053".to_owned(),
-        ]
-    );
+    for proto in ["udp", "tcp"] {
+        let key = format!("10.43.0.10 . {proto} . 53");
+        assert_eq!(
+            element(&r, SERVICE_IPS, &key).as_deref(),
+            Some("goto pick-1")
+        );
+        assert_eq!(endpoints(&r, 1, &key), ["192.168.1.10 . 1053"]);
+    }
+    assert_eq!(hairpin(&r), ["192.168.1.10"]);
 }
 
 #[test]
@@ -422,11 +555,16 @@ fn client_ip_affinity_pins_clients_with_timed_sets() {
     assert_eq!(
         rules(&r, EP1),
         [
-            format!("ip saddr 10.42.1.5 {MASQ}"),
             format!("update @{aff1} {{ ip saddr }}"),
             "meta l4proto tcp dnat to 10.42.1.5:8080".to_owned(),
         ]
     );
+    assert_eq!(
+        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80"),
+        Some(format!("goto {SVC}"))
+    );
+    assert!(no_pick_chains(&r));
+    assert_eq!(hairpin(&r), ["10.42.1.5", "10.42.2.6"]);
     assert_eq!(r.affinity_timeout(aff1), Some(60));
     assert_eq!(r.affinity_timeout(aff2), Some(60));
 
@@ -435,7 +573,51 @@ fn client_ip_affinity_pins_clients_with_timed_sets() {
     assert_eq!(r.affinity_timeout(aff1), Some(10_800));
 
     let r = render(&config(), &[web(json!({}))], &slices);
-    assert_eq!(r.set_names().count(), 0);
+    assert!(!r.set_names().any(|s| s.starts_with("aff-")));
+    assert!(!r.chain_names().any(|c| c.starts_with("ep-")));
+}
+
+#[test]
+fn affinity_with_a_node_port_shares_the_endpoint_chains() {
+    let svc = web(json!({"type": "NodePort", "sessionAffinity": "ClientIP",
+                         "internalTrafficPolicy": "Local", "externalTrafficPolicy": "Local",
+                         "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}));
+    let r = render(
+        &config(),
+        &[svc],
+        &[web_slice(vec![
+            ep("10.42.1.5", "node-a", READY),
+            ep("10.42.2.6", "node-b", READY),
+        ])],
+    );
+    let aff1 = "aff-default/web/tcp/http__10.42.1.5/8080";
+    let aff2 = "aff-default/web/tcp/http__10.42.2.6/8080";
+    // The ClusterIP uses the local endpoints, so does external traffic.
+    assert_eq!(
+        element(&r, SERVICE_IPS, "10.43.0.20 . tcp . 80"),
+        Some(format!("goto {LOCAL}"))
+    );
+    assert_eq!(
+        rules(&r, LOCAL),
+        [
+            CIP_MASQ.to_owned(),
+            format!("ip saddr @{aff1} goto {EP1}"),
+            format!("goto {EP1}"),
+        ]
+    );
+    assert_eq!(rules(&r, EXT).last(), Some(&format!("goto {LOCAL}")));
+    // Pods and the node reach every endpoint.
+    assert_eq!(
+        rules(&r, SVC),
+        [
+            format!("ip saddr @{aff1} goto {EP1}"),
+            format!("ip saddr @{aff2} goto {EP2}"),
+            format!("numgen random mod 2 == 0 goto {EP1}"),
+            format!("goto {EP2}"),
+        ]
+    );
+    assert_eq!(rules(&r, EP2)[0], format!("update @{aff2} {{ ip saddr }}"));
+    assert!(no_pick_chains(&r));
 }
 
 #[test]
@@ -448,6 +630,7 @@ fn the_masquerade_plumbing_marks_and_clears() {
     assert_eq!(
         rules(&r, "masquerading"),
         [
+            "ct status dnat ip saddr . ip daddr @hairpin jump mark-for-masquerade",
             "meta mark and 0x4000 == 0 return",
             "meta mark set meta mark xor 0x4000",
             "masquerade fully-random",
@@ -538,28 +721,23 @@ fn slices_match_by_service_label_port_name_and_protocol() {
     ];
     let r = render(&config(), &[svc], &slices);
     assert_eq!(
-        rules(&r, "svc-default/multi/tcp/a")[1..],
-        [
-            "numgen random mod 2 == 0 goto ep-default/multi/tcp/a__10.42.1.5/8080",
-            "goto ep-default/multi/tcp/a__10.42.1.6/8080",
-        ]
+        endpoints(&r, 2, "10.43.0.40 . tcp . 80"),
+        ["10.42.1.5 . 8080", "10.42.1.6 . 8080"]
     );
     assert_eq!(
-        rules(&r, "svc-default/multi/udp/a-udp")[1..],
-        ["goto ep-default/multi/udp/a-udp__10.42.1.5/8081"]
+        endpoints(&r, 1, "10.43.0.40 . udp . 80"),
+        ["10.42.1.5 . 8081"]
     );
     assert_eq!(
-        rules(&r, "ep-default/multi/sctp/s__10.42.1.5/9009")[1],
-        "meta l4proto sctp dnat to 10.42.1.5:9009"
+        endpoints(&r, 1, "10.43.0.40 . sctp . 9"),
+        ["10.42.1.5 . 9009"]
     );
     assert_eq!(
         element(&r, SERVICE_IPS, "10.43.0.40 . sctp . 9").as_deref(),
-        Some("goto svc-default/multi/sctp/s")
+        Some("goto pick-1")
     );
-    assert!(
-        !r.chain_names()
-            .any(|c| c.contains("10.42.9.9") || c.contains("10.42.8.8"))
-    );
+    assert_eq!(r.map("endpoints-1").unwrap().len(), 2);
+    assert_eq!(hairpin(&r), ["10.42.1.5", "10.42.1.6"]);
 }
 
 #[test]
@@ -577,11 +755,11 @@ fn an_unnamed_port_matches_an_unnamed_slice_port() {
     let r = render(&config(), &[svc], &slices);
     assert_eq!(
         element(&r, SERVICE_IPS, "10.43.0.50 . tcp . 80").as_deref(),
-        Some("goto svc-default/plain/tcp/")
+        Some("goto pick-1")
     );
     assert_eq!(
-        rules(&r, "svc-default/plain/tcp/")[1],
-        "goto ep-default/plain/tcp/__10.42.1.5/8080"
+        endpoints(&r, 1, "10.43.0.50 . tcp . 80"),
+        ["10.42.1.5 . 8080"]
     );
 }
 
@@ -600,18 +778,43 @@ fn a_removed_service_disappears_from_the_update() {
             vec![ep("10.42.2.6", "node-b", READY)],
         ),
     ];
-    let before = render(&config(), &[web(json!({})), other], &slices);
+    let before = render(&config(), &[web(json!({})), other.clone()], &slices);
     let after = render(&config(), &[web(json!({}))], &slices);
     let script = after.update_script(&before).unwrap();
     assert_eq!(
         script,
-        "flush chain ip skiff-proxy ep-default/other/tcp/p__10.42.2.6/8181\n\
-         flush chain ip skiff-proxy svc-default/other/tcp/p\n\
-         delete element ip skiff-proxy service-ips { 10.43.0.60 . tcp . 81 }\n\
-         delete chain ip skiff-proxy ep-default/other/tcp/p__10.42.2.6/8181\n\
-         delete chain ip skiff-proxy svc-default/other/tcp/p\n"
+        "delete element ip skiff-proxy endpoints-1 { 10.43.0.60 . tcp . 81 . 0 }\n\
+         delete element ip skiff-proxy hairpin { 10.42.2.6 . 10.42.2.6 }\n\
+         delete element ip skiff-proxy service-ips { 10.43.0.60 . tcp . 81 }\n"
     );
-    assert!(after.chain("svc-default/other/tcp/p").is_none());
+
+    // The last Service with one endpoint gone: so are its chain and map.
+    let two = [web_slice(vec![
+        ep("10.42.1.5", "node-a", READY),
+        ep("10.42.2.6", "node-b", READY),
+    ])];
+    let after = render(&config(), &[web(json!({}))], &two);
+    let script = after.update_script(&before).unwrap();
+    assert_eq!(
+        script.lines().collect::<Vec<_>>(),
+        [
+            "add chain ip skiff-proxy pick-2",
+            "add map ip skiff-proxy endpoints-2 {",
+            "\ttypeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
+            "}",
+            "flush chain ip skiff-proxy pick-1",
+            "add rule ip skiff-proxy pick-2 ip saddr != 10.42.0.0/16 jump mark-for-masquerade",
+            "add rule ip skiff-proxy pick-2 meta l4proto tcp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints-2",
+            "add rule ip skiff-proxy pick-2 meta l4proto udp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints-2",
+            "add rule ip skiff-proxy pick-2 meta l4proto sctp dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @endpoints-2",
+            "add element ip skiff-proxy endpoints-2 { 10.43.0.20 . tcp . 80 . 0 : 10.42.1.5 . 8080, 10.43.0.20 . tcp . 80 . 1 : 10.42.2.6 . 8080 }",
+            "delete element ip skiff-proxy service-ips { 10.43.0.20 . tcp . 80, 10.43.0.60 . tcp . 81 }",
+            "add element ip skiff-proxy service-ips { 10.43.0.20 . tcp . 80 : goto pick-2 }",
+            "delete chain ip skiff-proxy pick-1",
+            "delete map ip skiff-proxy endpoints-1",
+        ]
+    );
+    assert!(after.chain("pick-1").is_none() && after.map("endpoints-1").is_none());
 }
 
 #[test]
