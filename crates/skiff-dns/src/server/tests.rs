@@ -10,7 +10,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -108,9 +108,11 @@ fn upstream_answer(query: &Message, answer: Ipv4Addr, udp: bool) -> Message {
 }
 
 async fn fake_upstream(answer: Ipv4Addr) -> FakeUpstream {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // One port for both protocols, retried when TCP's half is taken.
+    let (udp, tcp) = super::bind_pair(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap();
     let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
     let asked: Asked = Arc::default();
     let udp_asked = Arc::clone(&asked);
     let udp_task = tokio::spawn(async move {
