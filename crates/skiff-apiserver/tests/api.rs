@@ -2,61 +2,18 @@
 //! semantics without TLS or a real client. The real-kubectl suite lives in the
 //! `skiff` crate.
 
-use std::sync::Arc;
+mod common;
+
+use common::Api;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use skiff_store::memory::MemoryStore;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-struct Api {
-    router: axum::Router,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
 impl Api {
-    async fn new() -> Api {
-        let shutdown = CancellationToken::new();
-        let store = Arc::new(MemoryStore::new().expect("memory store"));
-        let rest =
-            skiff_apiserver::start(store, "127.0.0.1:6443".parse().unwrap(), shutdown.clone())
-                .await
-                .expect("api starts");
-        Api {
-            router: skiff_apiserver::app(rest),
-            _shutdown: shutdown.drop_guard(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, content_type)
-            .body(body)
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
-    }
-
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.call("GET", uri, "application/json", Value::Null).await
     }

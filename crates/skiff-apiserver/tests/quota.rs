@@ -6,74 +6,19 @@
 //! No quota controller runs here: each quota's status is written by the test,
 //! as the controller would leave it, and then moves only by admission.
 
+mod common;
+
+use common::Api;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use futures::future::join_all;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use skiff_store::memory::MemoryStore;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 const NS: &str = "/api/v1/namespaces/default";
 const MERGE: &str = "application/merge-patch+json";
 
-/// One API server over a fresh in-memory store.
-struct Api {
-    router: axum::Router,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 impl Api {
-    async fn new() -> Api {
-        let shutdown = CancellationToken::new();
-        let store = Arc::new(MemoryStore::new().expect("memory store"));
-        let rest =
-            skiff_apiserver::start(store, "127.0.0.1:6443".parse().unwrap(), shutdown.clone())
-                .await
-                .expect("api starts");
-        Api {
-            router: skiff_apiserver::app(rest),
-            shutdown,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::ACCEPT, "application/json")
-            .body(body)
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
     /// Creates `body` in the collection `plural` of the default namespace.
     async fn create(&self, plural: &str, body: Value) {
         let (code, body) = self

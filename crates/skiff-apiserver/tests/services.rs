@@ -1,6 +1,9 @@
 //! Service address allocation through the HTTP API, over the in-memory store:
 //! concurrent writers, restarts, releases, upstream's 422s and type changes.
 
+mod common;
+
+use common::Api;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -11,66 +14,13 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use skiff_store::memory::MemoryStore;
 use skiff_store::{RangeRequest, Store};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const SVC: &str = "/api/v1/namespaces/default/services";
 const IPS: &str = "/apis/networking.k8s.io/v1/ipaddresses";
 const CIDRS: &str = "/apis/networking.k8s.io/v1/servicecidrs";
 
-/// One API server over `store`; dropping it stops its background tasks.
-struct Api {
-    router: axum::Router,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
 impl Api {
-    async fn on(store: Arc<dyn Store>) -> Api {
-        let shutdown = CancellationToken::new();
-        let rest =
-            skiff_apiserver::start(store, "127.0.0.1:6443".parse().unwrap(), shutdown.clone())
-                .await
-                .expect("api starts");
-        Api {
-            router: skiff_apiserver::app(rest),
-            shutdown,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        content_type: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::ACCEPT, "application/json")
-            .body(body)
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.call("GET", uri, "application/json", Value::Null).await
     }
@@ -159,7 +109,7 @@ fn node_port_of(svc: &Value, i: usize) -> i64 {
 
 #[tokio::test]
 async fn servicecidrs_and_ipaddresses_print_as_upstream() {
-    let api = Api::on(memory_store()).await;
+    let api = Api::new().await;
     let (status, _) = api.create("web", json!({"ports": [{"port": 80}]})).await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -366,7 +316,7 @@ async fn delete_releases_the_address_and_ports() {
 
 #[tokio::test]
 async fn invalid_requests_get_upstreams_422s() {
-    let api = Api::on(memory_store()).await;
+    let api = Api::new().await;
     let (_, dns) = api
         .create(
             "kube-dns",

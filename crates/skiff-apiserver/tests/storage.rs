@@ -3,74 +3,22 @@
 //! defaulting, upstream's 422s for volumes, claims and classes, the policies
 //! (LimitRange, ResourceQuota) that refuse a claim, and the printed columns.
 
-use std::sync::Arc;
+mod common;
+
+use common::Api;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use skiff_store::memory::MemoryStore;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const PVCS: &str = "/api/v1/namespaces/default/persistentvolumeclaims";
 const PVS: &str = "/api/v1/persistentvolumes";
 const CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
 
-/// One API server over a fresh in-memory store; dropping it stops it.
-struct Api {
-    router: axum::Router,
-    _shutdown: tokio_util::sync::DropGuard,
-}
-
 impl Api {
-    async fn new() -> Api {
-        let shutdown = CancellationToken::new();
-        let store = Arc::new(MemoryStore::new().expect("memory store"));
-        let rest =
-            skiff_apiserver::start(store, "127.0.0.1:6443".parse().unwrap(), shutdown.clone())
-                .await
-                .expect("api starts");
-        Api {
-            router: skiff_apiserver::app(rest),
-            _shutdown: shutdown.drop_guard(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        accept: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let content_type = if method == "PATCH" {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            Body::from(body.to_string())
-        };
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::ACCEPT, accept)
-            .body(body)
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
         self.call("GET", uri, "application/json", Value::Null).await
     }
@@ -80,7 +28,8 @@ impl Api {
     }
 
     async fn patch(&self, uri: &str, patch: Value) -> (StatusCode, Value) {
-        self.call("PATCH", uri, "application/json", patch).await
+        self.call("PATCH", uri, "application/merge-patch+json", patch)
+            .await
     }
 
     async fn delete(&self, uri: &str) -> (StatusCode, Value) {
@@ -91,10 +40,11 @@ impl Api {
     /// `uri` listed as a `meta.k8s.io/v1` Table, as kubectl asks for it.
     async fn table(&self, uri: &str) -> Value {
         let (code, table) = self
-            .call(
+            .request(
                 "GET",
                 uri,
-                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+                "application/json",
+                Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
                 Value::Null,
             )
             .await;
