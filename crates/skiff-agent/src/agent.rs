@@ -20,7 +20,7 @@ use crate::network::PodNetwork;
 use crate::node::{HostInfo, LinuxHost, NodeAgent, NodeConfig};
 use crate::pods::{PodManager, PodManagerConfig};
 use crate::server::KubeletServerConfig;
-use crate::volumes::{LinuxMounter, VolumeManager};
+use crate::volumes::{LinuxMounter, TokenManager, VolumeManager};
 
 /// Pods per node, upstream's default.
 const MAX_PODS: u32 = 110;
@@ -58,6 +58,9 @@ pub struct AgentOptions {
     pub cluster_dns: Option<ClusterDns>,
     /// Linux bridge for pod networking.
     pub bridge: String,
+    /// The whole cluster's pod network (`--cluster-cidr`): traffic inside it
+    /// keeps pod addresses, and other nodes' pod subnets are routed.
+    pub cluster_cidr: ipnet::Ipv4Net,
     /// Whether this node's local-path provisioner also takes claims of
     /// Immediate-binding classes (the server's own node only).
     pub provision_immediate: bool,
@@ -82,6 +85,12 @@ pub enum AgentError {
     /// The kubelet API could not be served.
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    /// The pod egress masquerade could not be programmed.
+    #[error(transparent)]
+    Egress(#[from] crate::network::egress::EgressError),
+    /// The routes to other nodes' pods could not be removed.
+    #[error("removing the pod routes: {0}")]
+    Routes(#[from] crate::network::routes::RouteError),
     /// A file or directory of the agent could not be written.
     #[error("{context}")]
     Io {
@@ -168,6 +177,14 @@ pub async fn run(
         "writing the CNI config in {}",
         cni_conf_dir.display()
     )))?;
+    crate::network::egress::install(options.cluster_cidr)?;
+    let pod_routes = crate::network::routes::run(
+        client.clone(),
+        options.node_name.clone(),
+        options.node_ip,
+        Arc::new(crate::network::routes::IpRouteCommand::default()),
+        shutdown.child_token(),
+    );
 
     let recorder = EventRecorder::new(client.clone(), "kubelet", &options.node_name);
     let client_for_static_pods = client.clone();
@@ -182,7 +199,8 @@ pub async fn run(
         },
         shutdown.child_token(),
     );
-    let volumes = VolumeManager::new(options.dir.join("pods"), Arc::new(LinuxMounter));
+    let volumes = VolumeManager::new(options.dir.join("pods"), Arc::new(LinuxMounter))
+        .with_tokens(TokenManager::new(client.clone()));
     let manager_config = PodManagerConfig {
         node_name: options.node_name.clone(),
         host_ips: vec![options.node_ip],
@@ -227,8 +245,15 @@ pub async fn run(
     let pods = manager.run(shutdown.child_token());
     let rotator = LogRotator::new(runtime_for_logs, RotationPolicy::default());
     let rotation = rotator.run(LOG_ROTATION_PERIOD, shutdown.child_token());
-    let (served, (), (), (), (), node) =
-        tokio::join!(server, pods, rotation, static_pods, provisioner, node_task);
+    let (served, (), (), (), (), (), node) = tokio::join!(
+        server,
+        pods,
+        rotation,
+        static_pods,
+        provisioner,
+        pod_routes,
+        node_task
+    );
     shutdown.cancel();
     stop_containerd(containerd).await?;
     served?;
@@ -330,6 +355,8 @@ pub async fn killall(dir: &Path) -> Result<(), AgentError> {
     }
     stop_containerd(containerd).await?;
     unmount_below(dir)?;
+    crate::network::egress::remove()?;
+    crate::network::routes::remove_all(&crate::network::routes::IpRouteCommand::default())?;
     if let Some(bridge) = installed_bridge(dir) {
         // Gone already is fine; anything else is worth a warning only.
         let status = std::process::Command::new("ip")

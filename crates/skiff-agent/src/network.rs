@@ -6,16 +6,23 @@
 //! to write one conflist once the node's pod CIDR is known:
 //!
 //! - `bridge`: a Linux bridge on the node, one veth per pod, the bridge as the
-//!   pods' gateway, masquerade for traffic leaving the pod CIDR, and hairpin
-//!   mode so a pod can reach itself through a Service;
+//!   pods' gateway, and hairpin mode so a pod can reach itself through a
+//!   Service (no `ipMasq`: [`egress`] masquerades once for the node);
 //! - `host-local` IPAM over the node's pod CIDR, with its lease files under
 //!   the agent's data dir (so they survive restarts with the pods);
 //! - `portmap`, for `hostPort`.
+//!
+//! Beside the conflist, the node masquerades pod traffic leaving the cluster
+//! network ([`egress`]) and routes to the other nodes' pod subnets
+//! ([`routes`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
+
+pub mod egress;
+pub mod routes;
 
 /// Name of the conflist file; `10-` sorts it before anything a user drops in.
 pub(crate) const CONFLIST_NAME: &str = "10-skiff.conflist";
@@ -45,7 +52,7 @@ impl PodNetwork {
                     "type": "bridge",
                     "bridge": self.bridge,
                     "isGateway": true,
-                    "ipMasq": true,
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
@@ -95,7 +102,7 @@ mod tests {
         assert_eq!(bridge["type"], "bridge");
         assert_eq!(bridge["bridge"], "skiff0");
         assert_eq!(bridge["isGateway"], true);
-        assert_eq!(bridge["ipMasq"], true);
+        assert_eq!(bridge["ipMasq"], false);
         assert_eq!(bridge["hairpinMode"], true);
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.42.3.0/24");
         assert_eq!(bridge["ipam"]["dataDir"], "/data/agent/cni/ipam");

@@ -319,15 +319,41 @@ impl FieldSet {
     /// Every path of `self` or `other`.
     pub fn union(&self, other: &FieldSet) -> FieldSet {
         let mut out = self.clone();
-        out.members.extend(other.members.iter().cloned());
-        for (pe, child) in &other.children {
-            let merged = match out.children.get(pe) {
-                Some(mine) => mine.union(child),
-                None => child.clone(),
-            };
-            out.children.insert(pe.clone(), merged);
-        }
+        out.union_with(other.clone());
         out
+    }
+
+    /// Adds every path of `other`, moving its nodes rather than copying them.
+    pub fn union_with(&mut self, other: FieldSet) {
+        self.members.extend(other.members);
+        for (pe, child) in other.children {
+            match self.children.entry(pe) {
+                std::collections::btree_map::Entry::Occupied(mut mine) => {
+                    mine.get_mut().union_with(child)
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(child);
+                }
+            }
+        }
+    }
+
+    /// Removes every path of `other` in place ([`difference`](Self::difference)
+    /// without copying what stays).
+    pub fn subtract(&mut self, other: &FieldSet) {
+        if !other.members.is_empty() {
+            self.members.retain(|pe| !other.members.contains(pe));
+        }
+        if !other.children.is_empty() {
+            self.children
+                .retain(|pe, mine| match other.children.get(pe) {
+                    Some(theirs) => {
+                        mine.subtract(theirs);
+                        !mine.is_empty()
+                    }
+                    None => true,
+                });
+        }
     }
 
     /// Every path of `self` that is also in `other`.
@@ -652,6 +678,11 @@ impl Walk<'_, '_> {
         names: &mut Vec<&'v str>,
         path: &mut Vec<PathElement>,
     ) -> Result<(), FieldSetError> {
+        // Equal values hold no change (the common case: a status write leaves
+        // the spec as it was); only differing ones need a field-by-field walk.
+        if old == new {
+            return Ok(());
+        }
         let old_leaf = is_leaf(self.schema, old, names);
         let new_leaf = is_leaf(self.schema, new, names);
         match (old, new) {
@@ -692,6 +723,7 @@ impl Walk<'_, '_> {
         for (pe, old_item) in &old_items {
             path.push(pe.clone());
             match new_items.get(pe) {
+                Some(new_item) if old_item == new_item => {}
                 Some(new_item) => {
                     if let (Value::Object(o), Value::Object(n)) = (old_item, new_item) {
                         self.objects(o, n, names, path)?;
@@ -733,9 +765,7 @@ impl Walk<'_, '_> {
             set.insert(path);
         }
         if let Some(below) = below.filter(|b| !b.is_empty()) {
-            let mut node = FieldSet::new();
-            graft(&mut node, path, below);
-            *set = set.union(&node);
+            graft(set, path, below);
         }
         Ok(())
     }
@@ -754,7 +784,7 @@ fn is_leaf(schema: &dyn Schema, value: &Value, names: &[&str]) -> bool {
 /// Puts `set` below `path` in `root`.
 fn graft(root: &mut FieldSet, path: &[PathElement], set: FieldSet) {
     match path {
-        [] => *root = root.union(&set),
+        [] => root.union_with(set),
         [first, rest @ ..] => graft(root.children.entry(first.clone()).or_default(), rest, set),
     }
 }
@@ -1214,22 +1244,30 @@ impl<'a> FieldManager<'a> {
         managers: &mut Managers,
         owner: ManagerId,
     ) -> Result<(), FieldSetError> {
-        let cmp = compare(self.schema, old, new)?;
-        let changed = cmp
-            .modified
-            .union(&cmp.added)
-            .recursive_difference(&self.ignored);
+        let Comparison {
+            added,
+            mut modified,
+            removed,
+        } = compare(self.schema, old, new)?;
+        modified.union_with(added);
+        let changed = if self.ignored.is_empty() {
+            modified
+        } else {
+            modified.recursive_difference(&self.ignored)
+        };
         for entry in managers.values_mut() {
-            entry.set = entry.set.difference(&changed).difference(&cmp.removed);
+            entry.set.subtract(&changed);
+            entry.set.subtract(&removed);
         }
-        let taken = changed.difference(&untracked_fields());
+        let mut taken = changed;
+        taken.subtract(&untracked_fields());
         if !taken.is_empty() {
             let entry = managers.entry(owner).or_insert_with(|| ManagedEntry {
                 api_version: self.api_version.to_owned(),
                 time: None,
                 set: FieldSet::new(),
             });
-            entry.set = entry.set.union(&taken);
+            entry.set.union_with(taken);
             entry.api_version = self.api_version.to_owned();
             entry.time = Some(self.now);
         }
@@ -1448,6 +1486,15 @@ pub(crate) mod tests {
         b.insert(&[f("metadata"), f("labels"), f("a")]);
         assert_eq!(a.intersection(&b).paths().len(), 1);
         assert_eq!(a.union(&b).paths().len(), 3);
+        let mut owned = a.clone();
+        owned.union_with(b.clone());
+        assert_eq!(owned, a.union(&b));
+        let mut subtracted = a.clone();
+        subtracted.subtract(&b);
+        assert_eq!(subtracted, a.difference(&b));
+        subtracted = owned.clone();
+        subtracted.subtract(&a);
+        assert_eq!(subtracted, owned.difference(&a));
         assert!(a.difference(&b).contains(&[f("spec"), f("paused")]));
         assert!(!a.difference(&b).contains(&[f("spec"), f("replicas")]));
         let mut spec = FieldSet::new();
@@ -1478,6 +1525,30 @@ pub(crate) mod tests {
 
     fn now() -> Timestamp {
         "2026-01-02T03:04:05.678Z".parse().unwrap()
+    }
+
+    #[test]
+    fn comparison_reports_only_what_changed_below_equal_subtrees() {
+        let old = json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}});
+        let mut new = old.clone();
+        new["status"]["phase"] = json!("Running");
+        new["status"]["podIP"] = json!("10.0.0.1");
+        new["spec"]["containers"][1]["image"] = json!("z");
+        let cmp = compare(&TestSchema, &old, &new).unwrap();
+        let paths = |set: &FieldSet| -> Vec<String> {
+            set.paths().iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            paths(&cmp.modified),
+            [
+                r#".spec.containers[name="b"].image"#.to_string(),
+                ".status.phase".to_string()
+            ]
+        );
+        assert_eq!(paths(&cmp.added), [".status.podIP".to_string()]);
+        assert!(cmp.removed.is_empty());
+        assert!(compare(&TestSchema, &old, &old.clone()).unwrap().is_same());
     }
 
     #[test]

@@ -121,6 +121,29 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ve
     errs
 }
 
+/// Validates an update written through `subresource` (`None` for the object
+/// itself). Most subresources keep everything they may not change, so the
+/// object's own update rules apply; `pods/resize` has its own
+/// (upstream's `ValidatePodResize`), since it is the one way to change
+/// container resources.
+pub fn validate_update(
+    group: &str,
+    kind: &str,
+    subresource: Option<&str>,
+    obj: &Value,
+    old: &Value,
+) -> Vec<FieldError> {
+    if (group, kind, subresource) != ("", "Pod", Some("resize")) {
+        return validate(group, kind, obj, Some(old));
+    }
+    let mut errs = Vec::new();
+    let meta = get(obj, "metadata");
+    validate_object_meta(&mut errs, meta, true, name_is_dns_subdomain);
+    validate_object_meta_update(&mut errs, meta, get(old, "metadata"));
+    core::validate_pod_resize(&mut errs, obj, old);
+    errs
+}
+
 /// Whether [`validate`] knows rules for `(group, kind)`.
 pub fn has_rules(group: &str, kind: &str) -> bool {
     rule_for(group, kind).is_some()

@@ -12,7 +12,7 @@
 //! subscribes before releasing it never misses or repeats an event.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,10 +23,12 @@ use skiff_store::{EventKind, KeyValue, RangeRequest, Revision, Store, StoreError
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Events kept per type for watches that resume from a recent resourceVersion.
-const HISTORY_PER_TYPE: usize = 4096;
-/// Buffered events per watcher before it is dropped as too slow.
-const WATCHER_BUFFER: usize = 4096;
+/// Events kept per type for watches that resume from a recent resourceVersion,
+/// and for watchers catching up after falling behind the live buffer.
+const HISTORY_PER_TYPE: usize = 8192;
+/// Live events buffered per type; a watcher further behind catches up from
+/// the history (which must be longer than this to be of any help).
+const WATCHER_BUFFER: usize = 1024;
 /// Keys read per page while filling the cache.
 const FILL_PAGE: usize = 10_000;
 
@@ -38,13 +40,25 @@ pub struct Cached {
     /// The object with `metadata.resourceVersion` set (in the watch cache,
     /// without `metadata.managedFields`: see [`Cached::decode_for_cache`]).
     pub object: Value,
-    /// `object` serialized.
-    pub json: Bytes,
+    /// The object serialized with its resourceVersion (and managedFields):
+    /// given when the object is decoded for the watch cache, encoded on first
+    /// use otherwise, so that single reads pay for no encoding they do not send.
+    json: OnceLock<Bytes>,
     /// The object's resourceVersion (mod revision).
     pub revision: Revision,
 }
 
 impl Cached {
+    /// An object whose JSON is encoded from `object` when first asked for.
+    pub fn new(key: String, object: Value, revision: Revision) -> Cached {
+        Cached {
+            key,
+            object,
+            json: OnceLock::new(),
+            revision,
+        }
+    }
+
     /// Decodes a stored value and stamps its resourceVersion.
     pub fn from_kv(kv: &KeyValue) -> Result<Cached, serde_json::Error> {
         Self::decode(kv.key.clone(), &kv.value, kv.mod_revision)
@@ -53,13 +67,36 @@ impl Cached {
     /// [`decode`](Self::decode) for keeping: `object` drops
     /// `metadata.managedFields` (still in `json`). No selector, printer or
     /// owner lookup reads them, and they about double a decoded object's size.
+    /// The JSON is the stored bytes with the resourceVersion spliced in, not
+    /// a second encoding of the decoded tree.
     pub fn decode_for_cache(
         key: String,
         value: &[u8],
         revision: Revision,
     ) -> Result<Cached, serde_json::Error> {
-        let mut cached = Self::decode(key, value, revision)?;
-        crate::object::meta_mut(&mut cached.object).remove("managedFields");
+        let mut object: Value = serde_json::from_slice(value)?;
+        crate::object::set_resource_version(&mut object, revision);
+        let json = match crate::object::splice_resource_version(value, revision) {
+            Some(json) => json,
+            None => Bytes::from(serde_json::to_vec(&object)?),
+        };
+        crate::object::meta_mut(&mut object).remove("managedFields");
+        Ok(Cached {
+            key,
+            object,
+            json: OnceLock::from(json),
+            revision,
+        })
+    }
+
+    /// Decodes a stored value to send: the JSON is the stored bytes with the
+    /// resourceVersion spliced in, so it is ready without a second encoding.
+    pub fn decode_stored(kv: &KeyValue) -> Result<Cached, serde_json::Error> {
+        let cached = Self::decode(kv.key.clone(), &kv.value, kv.mod_revision)?;
+        if let Some(json) = crate::object::splice_resource_version(&kv.value, kv.mod_revision) {
+            // Just created: nothing has encoded it yet.
+            let _ = cached.json.set(json);
+        }
         Ok(cached)
     }
 
@@ -71,12 +108,14 @@ impl Cached {
     ) -> Result<Cached, serde_json::Error> {
         let mut object: Value = serde_json::from_slice(value)?;
         crate::object::set_resource_version(&mut object, revision);
-        let json = Bytes::from(serde_json::to_vec(&object)?);
-        Ok(Cached {
-            key,
-            object,
-            json,
-            revision,
+        Ok(Cached::new(key, object, revision))
+    }
+
+    /// The object as JSON, with its resourceVersion.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            // Serializing a `Value` cannot fail: its map keys are strings.
+            Bytes::from(serde_json::to_vec(&self.object).unwrap_or_default())
         })
     }
 }

@@ -27,6 +27,9 @@ pub async fn serve(rest: Arc<Rest>, request: axum::extract::Request) -> Response
     if crate::node_proxy::is_node_subresource(request.uri().path()) {
         return crate::node_proxy::serve(rest, request).await;
     }
+    if let Some(issuer) = crate::service_account::token_request::issuer_for(&request) {
+        return crate::service_account::token_request::serve(rest, issuer, request).await;
+    }
     let (parts, body) = request.into_parts();
     let result = async {
         let target =
@@ -100,6 +103,7 @@ async fn dispatch(
             let current = rest.get(at).await?;
             let object = match sub {
                 None | Some("status") => current.object.clone(),
+                Some("resize") if strategy::writes_through(rt, "resize") => current.object.clone(),
                 Some("scale") => strategy::scale_of(rt, &current.object)?,
                 Some(other) => return Err(unserved_subresource(rt, other)),
             };
@@ -301,7 +305,7 @@ async fn update(
 fn check_subresource(at: ObjectRef<'_>, sub: Option<&str>) -> ApiResult<()> {
     match sub {
         None => Ok(()),
-        Some(sub) if strategy::subresource_fields(sub).is_some() => Ok(()),
+        Some(sub) if strategy::writes_through(at.rt, sub) => Ok(()),
         Some(other) => Err(unserved_subresource(at.rt, other)),
     }
 }

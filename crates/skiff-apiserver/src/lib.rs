@@ -19,6 +19,7 @@ pub mod object;
 pub mod openapi;
 pub mod request;
 pub mod rest;
+pub mod service_account;
 pub mod services;
 pub mod strategy;
 pub mod views;
@@ -60,6 +61,10 @@ pub struct ServerOptions {
     pub advertise: SocketAddr,
     /// Bearer tokens accepted besides client certificates.
     pub bearer_tokens: Vec<String>,
+    /// Service account tokens: issued through `serviceaccounts/token`,
+    /// accepted as bearer tokens, their issuer published for discovery, and
+    /// the ServiceAccount admission plugin on. `None` turns all of it off.
+    pub service_accounts: Option<service_account::ServiceAccountOptions>,
     /// Credentials for the node agents' APIs (pod logs, exec, attach,
     /// port-forward); without them those subresources answer 503.
     pub kubelet_client: Option<node_proxy::KubeletClientTls>,
@@ -100,8 +105,20 @@ pub async fn start(
     advertise: SocketAddr,
     shutdown: CancellationToken,
 ) -> Result<Arc<Rest>, ServeError> {
+    start_with(store, advertise, admission::Plugins::default(), shutdown).await
+}
+
+/// [`start`], running the optional admission `plugins`.
+pub async fn start_with(
+    store: Arc<dyn Store>,
+    advertise: SocketAddr,
+    plugins: admission::Plugins,
+    shutdown: CancellationToken,
+) -> Result<Arc<Rest>, ServeError> {
     let cache = WatchCache::start(store, shutdown.clone()).await?;
-    let rest = Arc::new(Rest::new(cache, advertise));
+    let mut rest = Rest::new(cache, advertise);
+    rest.admission = plugins;
+    let rest = Arc::new(rest);
     namespaces::ensure_built_in(&rest).await?;
     // Existing Services get their IPAddresses back before any new address
     // is handed out, so an upgraded store keeps every Service's address.
@@ -119,18 +136,28 @@ pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<
         .as_ref()
         .map(node_proxy::NodeProxy::new)
         .transpose()?;
-    let rest = start(options.store, options.advertise, shutdown.clone()).await?;
-    let mut router = app(rest);
+    let plugins = admission::Plugins {
+        service_account: options.service_accounts.is_some(),
+    };
+    let rest = start_with(options.store, options.advertise, plugins, shutdown.clone()).await?;
+    let issuer = options
+        .service_accounts
+        .map(|o| Arc::new(service_account::TokenIssuer::new(o, options.advertise)));
+    let mut router = app(rest.clone());
+    if let Some(issuer) = &issuer {
+        router = issuer.clone().attach(router);
+    }
     if let Some(node_proxy) = node_proxy {
         router = node_proxy.attach(router);
     }
     if let Some(extra) = options.extra_routes {
         router = router.merge(extra);
     }
-    let router = router.layer(axum::middleware::from_fn_with_state(
-        auth::Tokens(Arc::new(options.bearer_tokens)),
-        auth::authenticate,
-    ));
+    let mut authenticator = auth::Authenticator::new(options.bearer_tokens);
+    if let Some(issuer) = issuer {
+        authenticator = authenticator.with_service_accounts(issuer, rest);
+    }
+    let router = authenticator.layer(router);
     let listener =
         TcpListener::bind(options.listen)
             .await
@@ -164,16 +191,11 @@ pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<
                     return;
                 }
             };
-            let identity = auth::PeerIdentity {
-                verified_certificate: tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_some_and(|c| !c.is_empty()),
-            };
+            let identity =
+                auth::PeerIdentity::from_certificates(tls.get_ref().1.peer_certificates());
             let service = hyper::service::service_fn(
                 move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(identity);
+                    request.extensions_mut().insert(identity.clone());
                     tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
                 },
             );
@@ -213,6 +235,10 @@ pub fn app(rest: Arc<Rest>) -> Router {
         .route("/api/v1", get(|| async { resource_list("", "v1") }))
         .route("/apis/{group}", get(group_discovery))
         .route("/apis/{group}/{version}", get(group_version_discovery))
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(auth::self_subject_review),
+        )
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route("/openapi/v3/{*path}", get(openapi_v3))

@@ -254,7 +254,8 @@ pub fn render(
             let head =
                 json!({"kind": rt.list_kind, "apiVersion": rt.api_version(), "metadata": meta});
             let head = serde_json::to_vec(&head).map_err(|e| ApiError::internal(e.to_string()))?;
-            let size = head.len() + page.items.iter().map(|c| c.json.len() + 1).sum::<usize>() + 16;
+            let size =
+                head.len() + page.items.iter().map(|c| c.json().len() + 1).sum::<usize>() + 16;
             let mut out = BytesMut::with_capacity(size);
             out.put_slice(&head[..head.len() - 1]);
             out.put_slice(b",\"items\":[");
@@ -262,7 +263,7 @@ pub fn render(
                 if i > 0 {
                     out.put_u8(b',');
                 }
-                out.put_slice(&item.json);
+                out.put_slice(item.json());
             }
             out.put_slice(b"]}");
             Ok(out.freeze())
@@ -282,7 +283,7 @@ impl<'a> From<&'a Cached> for TableRow<'a> {
     fn from(cached: &'a Cached) -> Self {
         TableRow {
             object: &cached.object,
-            json: Some(&cached.json),
+            json: Some(cached.json()),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use skiff_api::managed_fields::{BuiltinSchema, FieldManager, PathElement};
 use skiff_api::registry::{self, FieldError, ResourceType};
 use skiff_store::{KeyValue, Store, StoreError};
@@ -100,6 +100,8 @@ pub struct Rest {
     store: Arc<dyn Store>,
     /// Where clients reach this server.
     advertise: std::net::SocketAddr,
+    /// Which optional admission plugins run.
+    pub admission: admission::Plugins,
 }
 
 impl Rest {
@@ -110,6 +112,7 @@ impl Rest {
             cache,
             store,
             advertise,
+            admission: admission::Plugins::default(),
         }
     }
 
@@ -156,7 +159,7 @@ impl Rest {
         if let Some(ns) = namespace.filter(|_| rt.namespaced()) {
             self.check_namespace_open(rt, ns, &name).await?;
         }
-        let mut obj = normalize(rt, obj, ctx)?;
+        let mut obj = normalize(rt, obj, ctx, None)?;
         strategy::prepare_create(rt, &mut obj);
         // The uid comes first: the Job strategy derives its selector from it.
         {
@@ -176,6 +179,7 @@ impl Rest {
         admission::priority(self, rt, &name, &mut obj).await?;
         admission::storage::admit(self, rt, &mut obj).await?;
         admission::limit_ranges(self, rt, &mut obj).await?;
+        admission::service_account::admit(self, rt, &name, &mut obj).await?;
         if rt.group == "batch" && rt.kind == "Job" {
             skiff_api::defaults::generate_job_selector(&mut obj);
         }
@@ -254,6 +258,7 @@ impl Rest {
                 ));
             }
             let removing = strategy::ready_to_remove(target.rt, &new);
+            admission::admit_update(self, target.rt, &current.object, &new).await?;
             let charge =
                 admission::quota::admit_update(self, target.rt, &current.object, &new, dry_run)
                     .await?;
@@ -353,7 +358,7 @@ impl Rest {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        let mut new = normalize(rt, new, ctx)?;
+        let mut new = normalize(rt, new, ctx, Some(old))?;
         {
             let meta = object::meta_mut(&mut new);
             meta.insert("name".into(), json!(target.name));
@@ -370,7 +375,7 @@ impl Rest {
         reject_invalid(
             rt,
             target.name,
-            skiff_api::validation::validate(rt.group, rt.kind, &new, Some(old)),
+            skiff_api::validation::validate_update(rt.group, rt.kind, subresource, &new, old),
         )?;
         self.record_manager(rt, Some(old), &mut new, ctx, subresource);
         if same_object(&new, old) {
@@ -626,11 +631,16 @@ pub fn decode(rt: &'static ResourceType, kv: &KeyValue) -> ApiResult<Arc<Cached>
 }
 
 /// Serializes an object for the store, in its stored form and without its
-/// resourceVersion.
+/// resourceVersion; the object is copied only when it has to be changed.
 fn encode(rt: &'static ResourceType, obj: &Value) -> ApiResult<bytes::Bytes> {
-    let mut obj = views::to_storage(rt, obj.clone());
-    object::meta_mut(&mut obj).remove("resourceVersion");
-    serde_json::to_vec(&obj)
+    let encoded = if views::is_view(rt) || !object::resource_version(obj).is_empty() {
+        let mut obj = views::to_storage(rt, obj.clone());
+        object::meta_mut(&mut obj).remove("resourceVersion");
+        serde_json::to_vec(&obj)
+    } else {
+        serde_json::to_vec(obj)
+    };
+    encoded
         .map(bytes::Bytes::from)
         .map_err(|e| ApiError::internal(format!("cannot encode object: {e}")))
 }
@@ -704,7 +714,37 @@ fn assign_name(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
 
 /// Round-trips the object through its typed codec: type errors become 400,
 /// unknown fields are refused, warned about or dropped per `fieldValidation`.
-fn normalize(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult<Value> {
+///
+/// managedFields equal to those `old` (the stored object) has are set aside
+/// for the round trip: this server wrote them, so they already are in typed
+/// form, and decoding every entry's field set again was the largest part of
+/// the codec's cost for updates (a status write copies them unchanged).
+fn normalize(
+    rt: &ResourceType,
+    mut obj: Value,
+    ctx: &mut WriteContext,
+    old: Option<&Value>,
+) -> ApiResult<Value> {
+    let kept = old.and_then(|old| take_stored_managed_fields(&mut obj, old));
+    let mut normalized = normalize_typed(rt, obj, ctx)?;
+    if let Some(fields) = kept {
+        object::meta_mut(&mut normalized).insert("managedFields".into(), fields);
+    }
+    Ok(normalized)
+}
+
+/// Takes `metadata.managedFields` out of `obj` (leaving an empty list in its
+/// place, so the key keeps its position) if they equal `old`'s.
+fn take_stored_managed_fields(obj: &mut Value, old: &Value) -> Option<Value> {
+    let stored = object::meta(old)?.get("managedFields")?;
+    let fields = obj
+        .get_mut("metadata")?
+        .as_object_mut()?
+        .get_mut("managedFields")?;
+    (fields == stored).then(|| std::mem::replace(fields, Value::Array(Vec::new())))
+}
+
+fn normalize_typed(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult<Value> {
     let normalized = (rt.codec)(obj.clone()).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
@@ -800,22 +840,53 @@ fn reject_invalid(rt: &ResourceType, name: &str, errors: Vec<FieldError>) -> Api
     }
 }
 
-/// Equal apart from resourceVersion and managed-field timestamps.
+/// Equal apart from resourceVersion and managed-field timestamps (a missing
+/// or non-object `metadata` counts as empty). Compares in place: no copies.
 fn same_object(a: &Value, b: &Value) -> bool {
-    let strip = |v: &Value| {
-        let mut v = v.clone();
-        let meta = object::meta_mut(&mut v);
-        meta.remove("resourceVersion");
-        if let Some(Value::Array(entries)) = meta.get_mut("managedFields") {
-            for entry in entries {
-                if let Some(e) = entry.as_object_mut() {
-                    e.remove("time");
-                }
-            }
-        }
-        v
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
     };
-    strip(a) == strip(b)
+    let empty = Map::new();
+    let meta_a = a
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let meta_b = b
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    equal_except(a, b, "metadata", |_, x, y| x == y)
+        && equal_except(meta_a, meta_b, "resourceVersion", |key, x, y| {
+            if key != "managedFields" {
+                return x == y;
+            }
+            match (x.as_array(), y.as_array()) {
+                (Some(x), Some(y)) => {
+                    x.len() == y.len()
+                        && x.iter()
+                            .zip(y)
+                            .all(|(e, f)| match (e.as_object(), f.as_object()) {
+                                (Some(e), Some(f)) => equal_except(e, f, "time", |_, v, w| v == w),
+                                _ => e == f,
+                            })
+                }
+                _ => x == y,
+            }
+        })
+}
+
+/// Maps with the same keys apart from `skip`, their values equal by `eq`.
+fn equal_except(
+    x: &Map<String, Value>,
+    y: &Map<String, Value>,
+    skip: &str,
+    eq: impl Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let count = |m: &Map<String, Value>| m.keys().filter(|k| *k != skip).count();
+    count(x) == count(y)
+        && x.iter()
+            .filter(|(k, _)| *k != skip)
+            .all(|(k, v)| y.get(k).is_some_and(|w| eq(k, v, w)))
 }
 
 #[cfg(test)]
@@ -831,6 +902,34 @@ mod tests {
         let mut out = Vec::new();
         unknown_fields(&input, &normalized, "", &mut out);
         assert_eq!(out, vec!["spec.bogus", "spec.containers[0].nope"]);
+    }
+
+    #[test]
+    fn stored_managed_fields_skip_the_codec_in_place() {
+        let rt = registry::by_kind("", "ConfigMap").unwrap();
+        let fields = json!([{"manager": "m", "operation": "Update", "apiVersion": "v1",
+            "time": "2024-01-02T03:04:05Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]);
+        let old = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "managedFields": fields, "uid": "u"}, "data": {"k": "v"}});
+        let mut new = old.clone();
+        new["data"]["k"] = json!("w");
+        let mut ctx = WriteContext::internal("test");
+        let normalized = normalize(rt, new.clone(), &mut ctx, Some(&old)).unwrap();
+        assert_eq!(normalized, new);
+        let keys: Vec<&String> = normalized["metadata"].as_object().unwrap().keys().collect();
+        let typed = normalize(rt, new.clone(), &mut ctx, None).unwrap();
+        let typed_keys: Vec<&String> = typed["metadata"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, typed_keys);
+        // Changed managedFields still go through the codec and its checks.
+        let mut bad = new.clone();
+        bad["metadata"]["managedFields"] = json!([{"manager": 5}]);
+        assert_eq!(
+            normalize(rt, bad, &mut ctx, Some(&old))
+                .unwrap_err()
+                .code
+                .as_u16(),
+            400
+        );
     }
 
     #[test]
@@ -851,5 +950,14 @@ mod tests {
         let a = json!({"metadata": {"resourceVersion": "1", "managedFields": [{"manager": "m", "time": "t1"}]}});
         let b = json!({"metadata": {"resourceVersion": "2", "managedFields": [{"manager": "m", "time": "t2"}]}});
         assert!(same_object(&a, &b));
+        let c = json!({"metadata": {"managedFields": [{"manager": "other", "time": "t2"}]}});
+        assert!(!same_object(&a, &c));
+        let bare = json!({"spec": {"x": 1}});
+        let with_rv = json!({"metadata": {"resourceVersion": "9"}, "spec": {"x": 1}});
+        assert!(same_object(&bare, &with_rv));
+        let changed = json!({"metadata": {"resourceVersion": "9"}, "spec": {"x": 2}});
+        assert!(!same_object(&bare, &changed));
+        let extra = json!({"metadata": {"name": "n"}, "spec": {"x": 1}});
+        assert!(!same_object(&with_rv, &extra));
     }
 }

@@ -3,6 +3,7 @@
 //! how the `scale` subresource maps onto the object.
 
 use serde_json::{Map, Value, json};
+use skiff_api::quantity::Quantity;
 use skiff_api::registry::ResourceType;
 
 use crate::error::{ApiError, ApiResult};
@@ -59,27 +60,29 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         "selfLink",
     ];
     let old_meta = object::meta(old).cloned().unwrap_or_default();
+    if is_pod(rt) && subresource == Some("resize") {
+        let mut result = old.clone();
+        result["spec"] = resized_spec(new, old);
+        keep_write_meta(new, &mut result);
+        let mut defaulted = result.clone();
+        skiff_api::defaults::apply_defaults("", "Pod", &mut defaulted);
+        if defaulted["spec"] != old["spec"] {
+            let generation = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            object::meta_mut(&mut result).insert("generation".into(), json!(generation + 1));
+        }
+        *new = result;
+        return;
+    }
     if let Some(paths) = subresource.and_then(subresource_fields) {
-        let managed = object::meta(new)
-            .and_then(|m| m.get("managedFields"))
-            .cloned();
-        let rv = object::meta(new)
-            .and_then(|m| m.get("resourceVersion"))
-            .cloned();
         let mut result = old.clone();
         for path in paths {
             copy_path(new, &mut result, path);
         }
+        keep_write_meta(new, &mut result);
         *new = result;
-        let meta = object::meta_mut(new);
-        match managed {
-            Some(m) => meta.insert("managedFields".into(), m),
-            None => meta.remove("managedFields"),
-        };
-        match rv {
-            Some(rv) => meta.insert("resourceVersion".into(), rv),
-            None => meta.remove("resourceVersion"),
-        };
         return;
     }
     let meta = object::meta_mut(new);
@@ -120,6 +123,107 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
             .unwrap_or(0);
         object::meta_mut(new).insert("generation".into(), json!(generation + 1));
     }
+}
+
+/// Moves what a subresource write carries in its metadata (the request's
+/// `resourceVersion` precondition and the managed fields recorded for it)
+/// from `new` into `result`, the stored object it is built on.
+fn keep_write_meta(new: &Value, result: &mut Value) {
+    let managed = object::meta(new)
+        .and_then(|m| m.get("managedFields"))
+        .cloned();
+    let rv = object::meta(new)
+        .and_then(|m| m.get("resourceVersion"))
+        .cloned();
+    let meta = object::meta_mut(result);
+    match managed {
+        Some(m) => meta.insert("managedFields".into(), m),
+        None => meta.remove("managedFields"),
+    };
+    match rv {
+        Some(rv) => meta.insert("resourceVersion".into(), rv),
+        None => meta.remove("resourceVersion"),
+    };
+}
+
+fn is_pod(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.kind == "Pod"
+}
+
+/// Whether the generic update and patch handlers serve `subresource` of `rt`:
+/// those that write a part of the object (`status`, `finalize`, and a pod's
+/// `resize`).
+pub fn writes_through(rt: &ResourceType, subresource: &str) -> bool {
+    subresource_fields(subresource).is_some() || (is_pod(rt) && subresource == "resize")
+}
+
+/// The spec a `pods/resize` write leaves: the stored one, with each
+/// container's `resources` and `resizePolicy` from the request (upstream's
+/// `dropNonResizeUpdates`). Added, removed, reordered or renamed containers
+/// keep the request's spec whole, for validation to refuse.
+fn resized_spec(new: &Value, old: &Value) -> Value {
+    let mut spec = old["spec"].clone();
+    for key in ["containers", "initContainers"] {
+        let requested = new["spec"][key].as_array().cloned().unwrap_or_default();
+        let stored = old["spec"][key].as_array().cloned().unwrap_or_default();
+        let renamed = requested.len() != stored.len()
+            || requested
+                .iter()
+                .zip(&stored)
+                .any(|(n, o)| n["name"] != o["name"]);
+        if renamed {
+            return new["spec"].clone();
+        }
+        if stored.is_empty() {
+            continue;
+        }
+        let merged: Vec<Value> = stored
+            .into_iter()
+            .zip(&requested)
+            .map(|(mut container, request)| {
+                for field in ["resources", "resizePolicy"] {
+                    if field == "resources" && same_amounts(&request[field], &container[field]) {
+                        continue;
+                    }
+                    match (request.get(field), container.as_object_mut()) {
+                        (Some(value), Some(map)) => {
+                            map.insert(field.to_string(), value.clone());
+                        }
+                        (None, Some(map)) => {
+                            map.remove(field);
+                        }
+                        (_, None) => {}
+                    }
+                }
+                container
+            })
+            .collect();
+        spec[key] = Value::Array(merged);
+    }
+    spec
+}
+
+/// Whether two `ResourceRequirements` ask for the same amounts (`300m` and
+/// `0.3` are the same), so that restating them changes nothing.
+fn same_amounts(a: &Value, b: &Value) -> bool {
+    let amounts = |v: &Value, key: &str| -> Option<Vec<(String, Quantity)>> {
+        let mut out = Vec::new();
+        for (name, q) in v[key].as_object().into_iter().flatten() {
+            out.push((name.clone(), q.as_str()?.parse::<Quantity>().ok()?));
+        }
+        out.sort();
+        Some(out)
+    };
+    let others = |v: &Value| {
+        let mut rest = v.as_object().cloned().unwrap_or_default();
+        rest.remove("limits");
+        rest.remove("requests");
+        rest
+    };
+    ["limits", "requests"].iter().all(|key| {
+        let (x, y) = (amounts(a, key), amounts(b, key));
+        x.is_some() && x == y
+    }) && others(a) == others(b)
 }
 
 /// Where `apps/v1` keeps a DaemonSet's template generation (upstream's

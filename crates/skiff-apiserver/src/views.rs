@@ -71,13 +71,7 @@ pub fn present(rt: &'static ResourceType, cached: Arc<Cached>) -> Arc<Cached> {
         return cached;
     }
     let object = from_storage_value(rt, cached.object.clone());
-    let json = serde_json::to_vec(&object).unwrap_or_default().into();
-    Arc::new(Cached {
-        key: cached.key.clone(),
-        object,
-        json,
-        revision: cached.revision,
-    })
+    Arc::new(Cached::new(cached.key.clone(), object, cached.revision))
 }
 
 fn rename<'a>(

@@ -3,9 +3,11 @@
 //! A watch is served by a task that reads the watch cache (or, for a
 //! resourceVersion older than the cache's history, the store itself) and
 //! writes encoded events into a small bounded channel that backs the response
-//! body. A client that stops reading fills the channel, the task waits, and
-//! the cache drops the watcher if it falls too far behind (the client then
-//! resumes from its last resourceVersion), so memory stays bounded.
+//! body. A client that stops reading fills the channel and the task waits.
+//! A task that falls behind the cache's live buffer catches up from the
+//! cache's history, and ends only when the history no longer reaches back to
+//! its last event (the client then resumes from its last resourceVersion), so
+//! memory stays bounded and a short stall does not cost a replay from the store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,8 +235,13 @@ impl Watcher {
                             return;
                         }
                     }
-                    // Too slow, or the cache refilled: end; the client resumes.
-                    Err(_) => return,
+                    // Fell behind the live buffer: catch up from the history.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match self.catch_up().await {
+                        Some(resumed) => live = resumed,
+                        None => return,
+                    },
+                    // The cache refilled: end; the client resumes.
+                    Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = ticker.tick(), if self.request.bookmarks => {
                     let current = self.rest.cache.revision();
@@ -258,21 +265,36 @@ impl Watcher {
         }
     }
 
+    /// Resubscribes after the last delivered event, sending what the history
+    /// holds since then. `None` (the watch ends, the client resumes from its
+    /// last resourceVersion) if the history no longer reaches back that far.
+    async fn catch_up(&mut self) -> Option<broadcast::Receiver<Arc<CacheEvent>>> {
+        let sub = self
+            .rest
+            .cache
+            .subscribe(self.request.rt, self.after, false)
+            .ok()?;
+        for event in sub.backlog {
+            if !self.deliver(&event).await {
+                return None;
+            }
+        }
+        Some(sub.live)
+    }
+
     async fn run_store(&mut self, mut stream: skiff_store::WatchStream) {
         let rt = self.request.rt;
         while let Some(item) = stream.next().await {
             let Ok(event) = item else { return };
-            let decode = |kv: &skiff_store::KeyValue, rev| {
-                Cached::decode(kv.key.clone(), &kv.value, rev).map(Arc::new)
-            };
-            let Ok(object) = decode(&event.kv, event.kv.mod_revision) else {
+            let Ok(object) = Cached::decode_stored(&event.kv).map(Arc::new) else {
                 tracing::error!(kind = rt.kind, key = %event.kv.key, "undecodable object in watch");
                 continue;
             };
+            // Only selectors read the previous object: it is never encoded.
             let prev = event
                 .prev
                 .as_ref()
-                .and_then(|p| decode(p, p.mod_revision).ok());
+                .and_then(|p| Cached::from_kv(p).ok().map(Arc::new));
             let change = CacheEvent {
                 revision: event.kv.mod_revision,
                 kind: event.kind,
@@ -298,7 +320,12 @@ impl Watcher {
     /// Sends one change, translated through the selectors: an object that
     /// starts matching is ADDED, one that stops matching is DELETED.
     async fn deliver(&mut self, event: &CacheEvent) -> bool {
-        if event.revision <= self.after || !self.in_scope(&event.object.key) {
+        if event.revision <= self.after {
+            return true;
+        }
+        // Events come in revision order: everything up to here is handled.
+        self.after = event.revision;
+        if !self.in_scope(&event.object.key) {
             return true;
         }
         let rt = self.request.rt;
@@ -351,7 +378,7 @@ impl Watcher {
                     Err(e) => event_line("ERROR", e.status().to_string().as_bytes()),
                 }
             }
-            _ => event_line(kind, &object.json),
+            _ => event_line(kind, object.json()),
         };
         self.tx.send(line).await.is_ok()
     }

@@ -64,8 +64,23 @@ impl Api {
         assert_eq!(code, StatusCode::OK, "{body}");
     }
 
-    /// A claim of `storage` in class `gold`, bound (only bound claims expand).
+    /// A claim of `storage` in class `gold`, bound (only bound claims expand,
+    /// and only in a class that allows it, which `gold` is made to).
     async fn bound_claim(&self, name: &str, storage: &str) {
+        let (code, body) = self
+            .call(
+                "POST",
+                "/apis/storage.k8s.io/v1/storageclasses",
+                "application/json",
+                json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                       "metadata": {"name": "gold"}, "provisioner": "rancher.io/local-path",
+                       "allowVolumeExpansion": true}),
+            )
+            .await;
+        assert!(
+            code == StatusCode::CREATED || code == StatusCode::CONFLICT,
+            "{body}"
+        );
         self.create(
             "persistentvolumeclaims",
             json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -110,12 +125,12 @@ impl Api {
         .await;
     }
 
-    /// Changes the pod's container cpu (requests and limits), in place, by
-    /// strategic merge as kubectl patches.
+    /// Changes the pod's container cpu (requests and limits), in place
+    /// through `pods/resize`, by strategic merge as kubectl patches.
     async fn resize(&self, pod: &str, cpu: &str) -> (StatusCode, Value) {
         self.call(
             "PATCH",
-            &format!("{NS}/pods/{pod}"),
+            &format!("{NS}/pods/{pod}/resize"),
             "application/strategic-merge-patch+json",
             json!({"spec": {"containers": [{"name": "app",
                 "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": cpu}}}]}}),

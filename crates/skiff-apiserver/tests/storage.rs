@@ -1,7 +1,8 @@
 //! Storage through the HTTP API, over the in-memory store: the
 //! DefaultStorageClass and StorageObjectInUseProtection admission plugins,
 //! defaulting, upstream's 422s for volumes, claims and classes, the policies
-//! (LimitRange, ResourceQuota) that refuse a claim, and the printed columns.
+//! (LimitRange, ResourceQuota, PersistentVolumeClaimResize) that refuse a
+//! claim or its growth with 403, and the printed columns.
 
 mod common;
 
@@ -249,7 +250,9 @@ spec.resources[storage]: Invalid value: \"0\": must be greater than zero]"
 #[tokio::test]
 async fn a_claim_spec_only_grows_once_bound() {
     let api = Api::new().await;
-    api.created(CLASSES, class("local-path", true)).await;
+    let mut expandable = class("local-path", true);
+    expandable["allowVolumeExpansion"] = json!(true);
+    api.created(CLASSES, expandable).await;
     api.created(PVCS, claim("data", "1Gi")).await;
     let uri = format!("{PVCS}/data");
 
@@ -319,6 +322,126 @@ field can not be less than status.capacity"
         )
         .await;
     assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+/// Creates `name` requesting `storage` of `class` and reports it bound
+/// with `storage` allocated, as the binder would.
+async fn bound_claim(api: &Api, name: &str, class: &str, storage: &str) -> String {
+    let mut pvc = claim(name, storage);
+    pvc["spec"]["storageClassName"] = json!(class);
+    api.created(PVCS, pvc).await;
+    let uri = format!("{PVCS}/{name}");
+    let (code, body) = api
+        .patch(&uri, json!({"spec": {"volumeName": format!("pv-{name}")}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = api
+        .patch(
+            &format!("{uri}/status"),
+            json!({"status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": storage}}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    uri
+}
+
+fn grow_to(storage: &str) -> Value {
+    json!({"spec": {"resources": {"requests": {"storage": storage}}}})
+}
+
+#[tokio::test]
+async fn only_a_class_that_allows_expansion_lets_a_claim_grow() {
+    let api = Api::new().await;
+    api.created(CLASSES, class("local-path", true)).await;
+    let mut gold = class("gold", false);
+    gold["allowVolumeExpansion"] = json!(true);
+    api.created(CLASSES, gold).await;
+
+    let fixed = bound_claim(&api, "fixed", "local-path", "1Gi").await;
+    let (code, refused) = api.patch(&fixed, grow_to("2Gi")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["reason"], "Forbidden");
+    assert_eq!(
+        refused["message"],
+        "persistentvolumeclaims \"fixed\" is forbidden: only dynamically provisioned pvc can be \
+resized and the storageclass that provisions the pvc must support resize"
+    );
+    // Other writes to the claim are not resizes.
+    let (code, body) = api
+        .patch(&fixed, json!({"metadata": {"labels": {"app": "db"}}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    let growing = bound_claim(&api, "growing", "gold", "1Gi").await;
+    let (code, grown) = api.patch(&growing, grow_to("3Gi")).await;
+    assert_eq!(code, StatusCode::OK, "{grown}");
+    assert_eq!(grown["spec"]["resources"]["requests"]["storage"], "3Gi");
+
+    // The class is read when the claim grows: made fixed, it refuses.
+    let (code, body) = api
+        .patch(
+            &format!("{CLASSES}/gold"),
+            json!({"allowVolumeExpansion": false}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, refused) = api.patch(&growing, grow_to("4Gi")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{refused}");
+    // Lowering the request back, not below the capacity, needs no class.
+    let (code, body) = api.patch(&growing, grow_to("2Gi")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // A class that does not exist allows nothing.
+    let lost = bound_claim(&api, "lost", "missing", "1Gi").await;
+    let (code, refused) = api.patch(&lost, grow_to("2Gi")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{refused}");
+
+    // An unbound claim is refused by validation before admission: 422.
+    api.created(PVCS, claim("pending", "1Gi")).await;
+    let (code, refused) = api.patch(&format!("{PVCS}/pending"), grow_to("2Gi")).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+}
+
+#[tokio::test]
+async fn limit_ranges_bound_claim_updates_in_what_they_change() {
+    let api = Api::new().await;
+    let mut gold = class("gold", true);
+    gold["allowVolumeExpansion"] = json!(true);
+    api.created(CLASSES, gold).await;
+    let uri = bound_claim(&api, "data", "gold", "4Gi").await;
+    let old = bound_claim(&api, "old", "gold", "20Gi").await;
+    api.created(
+        "/api/v1/namespaces/default/limitranges",
+        json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "storage"},
+            "spec": {"limits": [{"type": "PersistentVolumeClaim", "max": {"storage": "10Gi"}}]}}),
+    )
+    .await;
+
+    let (code, refused) = api.patch(&uri, grow_to("12Gi")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(
+        refused["message"],
+        "persistentvolumeclaims \"data\" is forbidden: maximum storage usage per \
+PersistentVolumeClaim is 10Gi, but request is 12Gi"
+    );
+    let (code, body) = api.patch(&uri, grow_to("10Gi")).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // A claim stored before the range keeps working while its request stays.
+    let (code, body) = api
+        .patch(&old, json!({"metadata": {"labels": {"keep": "yes"}}}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, body) = api
+        .patch(
+            &format!("{old}/status"),
+            json!({"status": {"capacity": {"storage": "20Gi"}, "allocatedResources": {"storage": "20Gi"}}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, refused) = api.patch(&old, grow_to("30Gi")).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{refused}");
 }
 
 #[tokio::test]

@@ -371,6 +371,7 @@ pub async fn rss(
     Ok(())
 }
 
+/// Creates namespace `name` with the ServiceAccount the bench pods run as.
 async fn create_namespace(conn: &Conn, name: &str) -> anyhow::Result<()> {
     let body =
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
@@ -385,6 +386,34 @@ async fn create_namespace(conn: &Conn, name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         status == StatusCode::CREATED || status == StatusCode::CONFLICT,
         "creating namespace {name}: {status}: {}",
+        String::from_utf8_lossy(&text)
+    );
+    create_service_account(conn, name).await
+}
+
+/// The ServiceAccount [`pod::pod`] runs as.
+const SERVICE_ACCOUNT: &str = "checkout";
+
+/// Creates the ServiceAccount of [`pod::pod`] in `namespace`: the
+/// ServiceAccount admission plugin refuses pods whose account is missing.
+pub async fn create_service_account(conn: &Conn, namespace: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace},
+    });
+    let (status, text) = conn
+        .request(
+            Method::POST,
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts"),
+            JSON,
+            Some(body.to_string().into()),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+        "creating service account {namespace}/{}: {status}: {}",
+        SERVICE_ACCOUNT,
         String::from_utf8_lossy(&text)
     );
     Ok(())

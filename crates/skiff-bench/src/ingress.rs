@@ -9,6 +9,13 @@
 //! Ingress, Service and EndpointSlice directly, with no API server. That
 //! measures the proxy itself, and runs anywhere with one command.
 //!
+//! The self-contained backend is either a no-op keep-alive hyper server in
+//! this process (`--backend noop`, the proxy's own cost) or `busybox httpd`
+//! serving a small file from a temporary directory (`--backend busybox`),
+//! the stand-in for the usual test pod: it forks per connection and closes
+//! every connection after one response, so it measures how the proxy copes
+//! with backends that do not keep connections alive.
+//!
 //! The target (issue 5) is ≥ 70% of the direct throughput. `wrk` is installed
 //! with apt-get when missing, here only: nothing else needs it.
 
@@ -35,6 +42,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::{Table, rate};
+use crate::sys::{Killed, free_port};
 
 /// The Host of the self-contained mode's Ingress rule.
 const LOCAL_HOST: &str = "bench.skiff.local";
@@ -42,8 +50,32 @@ const LOCAL_HOST: &str = "bench.skiff.local";
 const BODY: &[u8] = b"hello from the backend\n";
 /// How long each URL is warmed up before it is measured.
 const WARM_UP: Duration = Duration::from_secs(1);
+/// The default pause between phases against a cluster: a little over
+/// Linux's 60 s TIME_WAIT.
+const CLUSTER_SETTLE: Duration = Duration::from_secs(65);
 /// Throughput through the ingress, as a fraction of direct, to reach.
 const TARGET_RATIO: f64 = 0.70;
+/// How long `busybox httpd` may take to start listening.
+const BUSYBOX_START: Duration = Duration::from_secs(5);
+
+/// The backend of the self-contained mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// An in-process keep-alive HTTP/1.1 server that answers at once.
+    Noop,
+    /// `busybox httpd` on loopback: one process per connection, which it
+    /// closes after each response.
+    Busybox,
+}
+
+/// What the in-process proxy is put in front of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    /// A backend the benchmark starts.
+    Start(Backend),
+    /// A server that is already running (`--backend-address`).
+    Running(SocketAddr),
+}
 
 /// Flags of `skiff-bench ingress`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +88,17 @@ pub struct Args {
     /// URL of the backend itself, e.g. http://POD-IP:8080/.
     #[arg(long, value_name = "URL", requires = "via")]
     direct: Option<String>,
+    /// Measure an in-process proxy in front of a local backend (the default
+    /// without --via/--direct; the flag only makes it explicit).
+    #[arg(long, conflicts_with = "via")]
+    self_contained: bool,
+    /// The local backend of the self-contained mode.
+    #[arg(long, value_enum, default_value_t = Backend::Noop, conflicts_with = "via")]
+    backend: Backend,
+    /// Put the in-process proxy in front of this running HTTP server (e.g. a
+    /// pod's IP:PORT) instead of starting a backend.
+    #[arg(long, value_name = "IP:PORT", conflicts_with_all = ["via", "backend"])]
+    backend_address: Option<SocketAddr>,
     /// Host header of every request (the Ingress rule's host).
     #[arg(long)]
     host: Option<String>,
@@ -69,6 +112,14 @@ pub struct Args {
     /// wrk threads (wrk -t).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Pause between the direct and the via phase, in whole seconds or
+    /// minutes. A backend that closes every connection leaves a TIME_WAIT
+    /// entry per request for the host→backend address pair, which Linux
+    /// reuses on loopback only; without the pause the second phase's
+    /// connections to the same backend wait for free ports. Defaults to 65 s
+    /// with --via/--direct (a cluster), none otherwise.
+    #[arg(long, value_parser = parse_duration)]
+    settle: Option<Duration>,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -108,17 +159,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("installing wrk")??;
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let (via, direct, host, mode) = match (args.via, args.direct) {
-        (Some(via), Some(direct)) => (via, direct, args.host, "cluster"),
+    let cluster = args.via.is_some();
+    let settle = args.settle.unwrap_or(if cluster {
+        CLUSTER_SETTLE
+    } else {
+        Duration::ZERO
+    });
+    let (via, direct, host, mode, _backend) = match (args.via, args.direct) {
+        (Some(via), Some(direct)) => (via, direct, args.host, "cluster", None),
         _ => {
-            let (via, direct) = start_local(&shutdown).await?;
+            let upstream = args
+                .backend_address
+                .map_or(Upstream::Start(args.backend), Upstream::Running);
+            let local = start_local(upstream, &shutdown).await?;
             let host = args.host.or_else(|| Some(LOCAL_HOST.to_owned()));
-            (
-                via,
-                direct,
-                host,
-                "self-contained (in-process proxy, loopback backend)",
-            )
+            let mode = match upstream {
+                Upstream::Start(Backend::Noop) => {
+                    "self-contained: in-process proxy, no-op loopback backend"
+                }
+                Upstream::Start(Backend::Busybox) => {
+                    "self-contained: in-process proxy, busybox httpd on loopback"
+                }
+                Upstream::Running(_) => "in-process proxy in front of a running backend",
+            };
+            (local.via, local.direct, host, mode, Some(local.backend))
         }
     };
 
@@ -136,6 +200,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let direct_result = measure(direct.clone()).await?;
+    if !settle.is_zero() {
+        eprintln!("waiting {}s for TIME_WAIT to drain", settle.as_secs());
+        tokio::time::sleep(settle).await;
+    }
     let via_result = measure(via.clone()).await?;
 
     println!("## Ingress throughput ({mode})\n");
@@ -313,14 +381,39 @@ fn parse_wrk_time(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Starts a backend and the ingress proxy in front of it on loopback; the
-/// URLs (via, direct).
-async fn start_local(shutdown: &CancellationToken) -> anyhow::Result<(String, String)> {
-    let backend = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .context("binding the backend")?;
-    let backend_address = backend.local_addr()?;
-    tokio::spawn(serve_backend(backend, shutdown.clone()));
+/// The self-contained setup: where to send requests, and what keeps the
+/// backend alive.
+struct Local {
+    via: String,
+    direct: String,
+    backend: LocalBackend,
+}
+
+/// Dropping it stops a backend the benchmark started and removes its files.
+enum LocalBackend {
+    /// Stops with the benchmark's cancellation token, or is not ours.
+    InProcess,
+    /// The `busybox httpd` process and its document root.
+    Busybox {
+        _process: Killed,
+        _root: tempfile::TempDir,
+    },
+}
+
+/// Starts a backend and the ingress proxy in front of it on loopback.
+async fn start_local(upstream: Upstream, shutdown: &CancellationToken) -> anyhow::Result<Local> {
+    let (backend_address, backend) = match upstream {
+        Upstream::Start(Backend::Noop) => {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("binding the backend")?;
+            let address = listener.local_addr()?;
+            tokio::spawn(serve_backend(listener, shutdown.clone()));
+            (address, LocalBackend::InProcess)
+        }
+        Upstream::Start(Backend::Busybox) => start_busybox().await?,
+        Upstream::Running(address) => (address, LocalBackend::InProcess),
+    };
 
     let (_, routes) = watch::channel(Arc::new(local_table(backend_address)?));
     let proxy = Proxy::new(routes);
@@ -330,9 +423,46 @@ async fn start_local(shutdown: &CancellationToken) -> anyhow::Result<(String, St
     let proxy_address = listener.local_addr()?;
     let token = shutdown.clone();
     tokio::spawn(async move { proxy.serve_http(listener, token).await });
+    Ok(Local {
+        via: format!("http://{proxy_address}/"),
+        direct: format!("http://{backend_address}/"),
+        backend,
+    })
+}
+
+/// Starts `busybox httpd` on a free loopback port serving [`BODY`] as
+/// `index.html`, and waits until it accepts connections.
+async fn start_busybox() -> anyhow::Result<(SocketAddr, LocalBackend)> {
+    let root = tempfile::tempdir().context("creating the document root")?;
+    std::fs::write(root.path().join("index.html"), BODY).context("writing index.html")?;
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let child = Command::new("busybox")
+        .args(["httpd", "-f", "-p", &address.to_string(), "-h"])
+        .arg(root.path())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("starting busybox httpd (is busybox installed?)")?;
+    let mut process = Killed(child);
+    let deadline = tokio::time::Instant::now() + BUSYBOX_START;
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            break;
+        }
+        if let Some(status) = process.0.try_wait().context("waiting for busybox httpd")? {
+            bail!("busybox httpd exited at start with {status}");
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "busybox httpd did not listen on {address} within {BUSYBOX_START:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok((
-        format!("http://{proxy_address}/"),
-        format!("http://{backend_address}/"),
+        address,
+        LocalBackend::Busybox {
+            _process: process,
+            _root: root,
+        },
     ))
 }
 
@@ -473,36 +603,70 @@ Transfer/sec:      6.00MB
         assert_eq!(cli.args.direct.as_deref(), Some("http://b/"));
         assert_eq!(cli.args.duration, Duration::from_secs(3));
         assert!(Cli::try_parse_from(["ingress", "--via", "http://a/"]).is_err());
+        assert_eq!(cli.args.backend, Backend::Noop);
+        let cli =
+            Cli::try_parse_from(["ingress", "--self-contained", "--backend", "busybox"]).unwrap();
+        assert_eq!(cli.args.backend, Backend::Busybox);
+        assert!(
+            Cli::try_parse_from([
+                "ingress",
+                "--via",
+                "http://a/",
+                "--direct",
+                "http://b/",
+                "--backend",
+                "busybox"
+            ])
+            .is_err()
+        );
     }
 
     #[tokio::test]
     async fn self_contained_setup_routes_through_the_proxy() {
+        check_local(Backend::Noop).await;
+    }
+
+    #[tokio::test]
+    async fn busybox_setup_routes_through_the_proxy() {
+        if Command::new("busybox").arg("true").status().is_err() {
+            eprintln!("busybox is not installed; skipping");
+            return;
+        }
+        check_local(Backend::Busybox).await;
+    }
+
+    /// Both URLs of the self-contained setup answer [`BODY`], twice each (the
+    /// second request shows a backend that closed its connection is no
+    /// problem for the proxy).
+    async fn check_local(kind: Backend) {
         let shutdown = CancellationToken::new();
         let _stop = shutdown.clone().drop_guard();
-        let (via, direct) = start_local(&shutdown).await.unwrap();
-        for (url, host) in [(&via, LOCAL_HOST), (&direct, "anything")] {
+        let local = start_local(Upstream::Start(kind), &shutdown).await.unwrap();
+        for (url, host) in [(&local.via, LOCAL_HOST), (&local.direct, "anything")] {
             let address: SocketAddr = url
                 .trim_start_matches("http://")
                 .trim_end_matches('/')
                 .parse()
                 .unwrap();
-            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
+            for _ in 0..2 {
+                let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                let request = Request::get("/")
+                    .header(hyper::header::HOST, host)
+                    .body(http_body_util::Empty::<Bytes>::new())
                     .unwrap();
-            tokio::spawn(connection);
-            let request = Request::get("/")
-                .header(hyper::header::HOST, host)
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let response = sender.send_request(request).await.unwrap();
-            assert_eq!(response.status(), 200, "{url}");
-            let body = http_body_util::BodyExt::collect(response.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            assert_eq!(&body[..], BODY);
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), 200, "{kind:?} {url}");
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                assert_eq!(&body[..], BODY, "{kind:?} {url}");
+            }
         }
     }
 }

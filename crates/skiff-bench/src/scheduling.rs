@@ -188,6 +188,7 @@ async fn create_and_bind(
     pods: usize,
 ) -> anyhow::Result<(Summary, Summary)> {
     let watcher = server.connector().connect().await?;
+    crate::api::create_service_account(&watcher, NAMESPACE).await?;
     let list: Value = serde_json::from_slice(
         &watcher
             .get(

@@ -87,6 +87,7 @@ pub mod manager;
 pub mod namespace;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod ownership;
 pub mod persistentvolume;
 pub mod pods;
 pub mod replicaset;

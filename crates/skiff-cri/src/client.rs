@@ -21,7 +21,8 @@ use crate::v1::{
     RemovePodSandboxResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
     RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest, StartContainerResponse,
     StopContainerRequest, StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse,
-    VersionRequest, VersionResponse,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse, VersionRequest,
+    VersionResponse,
 };
 use crate::{CriError, ImageService, Op, RuntimeService};
 
@@ -230,6 +231,18 @@ impl RuntimeService for CriClient {
             Op::ListContainers,
             "",
             self.runtime().list_containers(req).await,
+        )
+    }
+
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> Result<UpdateContainerResourcesResponse, CriError> {
+        let target = req.container_id.clone();
+        answer(
+            Op::UpdateContainerResources,
+            target,
+            self.runtime().update_container_resources(req).await,
         )
     }
 

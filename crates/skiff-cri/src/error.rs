@@ -34,6 +34,8 @@ pub enum Op {
     RemoveContainer,
     /// `RuntimeService/ListContainers`
     ListContainers,
+    /// `RuntimeService/UpdateContainerResources`
+    UpdateContainerResources,
     /// `RuntimeService/ContainerStatus`
     ContainerStatus,
     /// `RuntimeService/ExecSync`
@@ -69,6 +71,7 @@ impl Op {
             Op::StopContainer => "StopContainer",
             Op::RemoveContainer => "RemoveContainer",
             Op::ListContainers => "ListContainers",
+            Op::UpdateContainerResources => "UpdateContainerResources",
             Op::ContainerStatus => "ContainerStatus",
             Op::ExecSync => "ExecSync",
             Op::Exec => "Exec",

@@ -24,8 +24,8 @@ use async_trait::async_trait;
 use tonic::Status;
 
 use crate::v1::{
-    Container, ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus,
-    ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
+    Container, ContainerConfig, ContainerMetadata, ContainerResources, ContainerState,
+    ContainerStatus, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
     CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, Image, ImageSpec,
     ImageStatusRequest, ImageStatusResponse, ListContainersRequest, ListContainersResponse,
     ListImagesRequest, ListImagesResponse, ListPodSandboxRequest, ListPodSandboxResponse,
@@ -35,7 +35,8 @@ use crate::v1::{
     RemovePodSandboxRequest, RemovePodSandboxResponse, ReopenContainerLogRequest,
     ReopenContainerLogResponse, RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest,
     StartContainerResponse, StopContainerRequest, StopContainerResponse, StopPodSandboxRequest,
-    StopPodSandboxResponse, VersionRequest, VersionResponse,
+    StopPodSandboxResponse, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
+    VersionRequest, VersionResponse,
 };
 use crate::{CriError, ImageService, Op, RuntimeService};
 
@@ -195,6 +196,17 @@ impl FakeContainer {
             annotations: self.config.annotations.clone(),
             mounts: self.config.mounts.clone(),
             log_path: self.log_path.clone(),
+            // As containerd: the resources the container was created or
+            // last updated with.
+            resources: self
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|linux| ContainerResources {
+                    linux: Some(linux),
+                    windows: None,
+                }),
             ..ContainerStatus::default()
         }
     }
@@ -647,6 +659,29 @@ impl RuntimeService for FakeRuntime {
         })
     }
 
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> Result<UpdateContainerResourcesResponse, CriError> {
+        let id = req.container_id;
+        self.call(Op::UpdateContainerResources, &id, |state| {
+            let container = state.container_mut(&id)?;
+            if !matches!(
+                container.state,
+                ContainerState::ContainerCreated | ContainerState::ContainerRunning
+            ) {
+                return Err(Status::failed_precondition(format!(
+                    "container {id:?} is in {} state",
+                    container.state.as_str_name()
+                )));
+            }
+            if let Some(linux) = req.linux {
+                container.config.linux.get_or_insert_default().resources = Some(linux);
+            }
+            Ok(UpdateContainerResourcesResponse {})
+        })
+    }
+
     async fn container_status(
         &self,
         req: ContainerStatusRequest,
@@ -858,6 +893,44 @@ mod tests {
 
     fn state_of(status: &ContainerStatus) -> ContainerState {
         ContainerState::try_from(status.state).expect("known state")
+    }
+
+    #[tokio::test]
+    async fn resources_update_in_place_and_show_in_the_status() {
+        let fake = FakeRuntime::new();
+        fake.add_image(IMAGE);
+        let sandbox = run_sandbox(&fake, "web").await;
+        let id = create(&fake, &sandbox, "app").await;
+        start(&fake, &id).await.expect("start");
+        assert_eq!(status(&fake, &id).await.resources, None);
+        let linux = crate::v1::LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 256 << 20,
+            ..crate::v1::LinuxContainerResources::default()
+        };
+        fake.update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(linux.clone()),
+            ..UpdateContainerResourcesRequest::default()
+        })
+        .await
+        .expect("update");
+        let reported = status(&fake, &id).await.resources.and_then(|r| r.linux);
+        assert_eq!(reported, Some(linux));
+        assert_eq!(fake.call_count(Op::UpdateContainerResources), 1);
+
+        // An exited container cannot be updated.
+        fake.exit_container(&id, 0).expect("exit");
+        let err = fake
+            .update_container_resources(UpdateContainerResourcesRequest {
+                container_id: id,
+                ..UpdateContainerResourcesRequest::default()
+            })
+            .await
+            .expect_err("exited");
+        assert_eq!(err.code(), Code::FailedPrecondition);
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@ use crate::v1::{
     RemovePodSandboxResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
     RunPodSandboxRequest, RunPodSandboxResponse, StartContainerRequest, StartContainerResponse,
     StopContainerRequest, StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse,
-    VersionRequest, VersionResponse,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse, VersionRequest,
+    VersionResponse,
 };
 
 /// Pod sandboxes and containers (CRI `RuntimeService`).
@@ -93,6 +94,14 @@ pub trait RuntimeService: Send + Sync {
         &self,
         req: ListContainersRequest,
     ) -> Result<ListContainersResponse, CriError>;
+
+    /// Changes a created or running container's cgroup limits in place
+    /// (cpu shares, quota and period, memory limit): an in-place pod resize.
+    /// The container's status reports the new values afterwards.
+    async fn update_container_resources(
+        &self,
+        req: UpdateContainerResourcesRequest,
+    ) -> Result<UpdateContainerResourcesResponse, CriError>;
 
     /// Status of one container; `NotFound` if it does not exist.
     async fn container_status(

@@ -18,6 +18,17 @@
 //! after the backend's `101 Switching Protocols`, bytes are copied both
 //! ways until either side closes.
 //!
+//! Backends that close connections (busybox `httpd` answers
+//! `Connection: close` to everything) simply cost one new connection per
+//! request; both sockets of every exchange have `TCP_NODELAY`, so small
+//! answers never wait for delayed ACKs.
+//!
+//! A pooled connection can be closed by the backend just as a request is
+//! written to it (its idle timeout and ours race). As upstream proxies do,
+//! such a request is sent again once, on another connection, when
+//! replaying it is safe: its method is idempotent (RFC 9110 §9.2.2) and it
+//! has no body. Anything else gets the 502.
+//!
 //! Answers of the proxy itself: 404 when no rule and no default backend
 //! match, 503 when the backend has no ready endpoint, 502 when the endpoint
 //! cannot be reached.
@@ -28,11 +39,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -48,6 +59,10 @@ use crate::routes::{RouteMatch, RoutingTable};
 /// The body of proxied responses: the backend's, streamed, or a short text
 /// of the proxy's own.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The body of requests to backends: the client's, streamed, or nothing
+/// (bodiless requests, which can be sent again).
+type BackendBody = Either<Incoming, Empty<Bytes>>;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,7 +127,7 @@ pub struct Proxy {
 
 struct Inner {
     routes: watch::Receiver<Arc<RoutingTable>>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, BackendBody>,
     server: auto::Builder<TokioExecutor>,
     /// Connection and tunnel tasks, waited for (up to [`DRAIN_TIMEOUT`]) at
     /// shutdown.
@@ -294,7 +309,7 @@ impl Proxy {
             tracing::debug!(%error, "request cannot be forwarded");
             return text(StatusCode::BAD_REQUEST, "invalid request target\n");
         }
-        let mut response = match self.inner.client.request(req).await {
+        let mut response = match self.forward(req).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, %endpoint, "forwarding failed");
@@ -321,6 +336,54 @@ impl Proxy {
         }
         response.map(Either::Left)
     }
+
+    /// Sends a prepared request to its backend; a replayable request (see
+    /// [`replayable`]) that loses its connection before any answer is sent
+    /// once more.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        if !replayable(&req) {
+            return self.inner.client.request(req.map(Either::Left)).await;
+        }
+        let (parts, _) = req.into_parts();
+        let again = Request::from_parts(parts.clone(), Either::Right(Empty::new()));
+        match self
+            .inner
+            .client
+            .request(Request::from_parts(parts, Either::Right(Empty::new())))
+            .await
+        {
+            Err(error) if closed_before_answer(&error) => {
+                tracing::debug!(%error, "backend connection closed before answering; retrying once");
+                self.inner.client.request(again).await
+            }
+            result => result,
+        }
+    }
+}
+
+/// Whether a request may be sent to the backend a second time: idempotent
+/// method, no body, no protocol upgrade.
+fn replayable<B: hyper::body::Body>(req: &Request<B>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE)
+}
+
+/// Whether forwarding failed because an established backend connection
+/// closed before any response arrived (not a failed connect, not a timeout
+/// or a malformed answer).
+fn closed_before_answer(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<hyper::Error>())
+        .is_some_and(|e| e.is_incomplete_message() || e.is_canceled())
 }
 
 /// The request's host: the `Host` header, or the HTTP/2 `:authority`.

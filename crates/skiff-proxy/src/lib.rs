@@ -13,15 +13,18 @@
 //! - [`ruleset`] turns a ruleset into an `nft -f` script, whole or as the
 //!   difference from the last applied one, always one atomic transaction;
 //! - [`host`] is the seam to the machine (`nft`, sysctls), faked in tests;
+//! - [`conntrack`] deletes the UDP conntrack entries a sync made stale
+//!   (through ctnetlink, behind a trait faked in tests);
 //! - [`proxier`] is the loop: [`run`] watches, debounces, syncs, and leaves
 //!   the rules in place on shutdown.
 //!
-//! Only the renderer decides anything, so it is unit-tested with hand-built
-//! objects; the tests under `tests/` load the output into real nftables in
+//! Only the renderer and the conntrack cleanup decide anything, so they are
+//! unit-tested with hand-built objects; the tests under `tests/` load the output into real nftables in
 //! private network namespaces and send traffic through it.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod conntrack;
 pub mod host;
 pub mod proxier;
 pub mod render;
@@ -29,7 +32,8 @@ pub mod ruleset;
 pub mod service;
 
 pub use config::{Ipv4Cidr, ProxyConfig};
+pub use conntrack::{Conntrack, ConntrackError, NetlinkConntrack};
 pub use host::{Host, HostError, SystemHost};
 pub use proxier::{Proxier, ProxyError, SyncMode, SyncStats, run};
-pub use render::render;
+pub use render::{render, render_ports};
 pub use ruleset::Ruleset;

@@ -4,7 +4,11 @@
 //! [`Proxier::sync`] renders a snapshot and applies the difference from the
 //! last applied ruleset (nothing when they are equal). Its first sync, and any
 //! sync after a failure, replaces the table whole, which is how rules an
-//! earlier run left behind are cleaned up. [`run`] feeds it from two
+//! earlier run left behind are cleaned up. Once the rules are in place, and
+//! if the UDP Services or their endpoints changed since the last cleanup,
+//! it deletes the conntrack entries the new rules would not have made (see
+//! [`conntrack`](crate::conntrack)); a failed cleanup is logged and tried
+//! again on the next sync. [`run`] feeds it from two
 //! kube-runtime reflectors: it waits until both have listed (so a restart
 //! never installs a table missing the endpoints it has not read yet), then
 //! syncs [`ProxyConfig::sync_delay`] after the first change of each burst.
@@ -24,9 +28,11 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxyConfig;
+use crate::conntrack::{self, Conntrack, NetlinkConntrack, UdpFrontends};
 use crate::host::{Host, HostError, SystemHost};
-use crate::render::render;
+use crate::render::render_ports;
 use crate::ruleset::Ruleset;
+use crate::service::service_ports;
 
 /// Sysctls the proxy needs: forwarding (to reach endpoints behind the node)
 /// and bridged traffic through the `ip` hooks (pod to Service on one bridge).
@@ -95,6 +101,11 @@ pub struct SyncStats {
     pub chains: usize,
     /// Elements of the table's sets and maps.
     pub elements: usize,
+    /// Listing and deleting stale conntrack entries (zero when the UDP
+    /// frontends had not changed).
+    pub conntrack: Duration,
+    /// Stale conntrack entries deleted.
+    pub conntrack_deleted: usize,
 }
 
 /// Keeps one nftables table equal to the rendering of the latest snapshot.
@@ -104,16 +115,30 @@ pub struct Proxier {
     /// What the table holds, if known (`None` before the first sync and
     /// after a failed one).
     applied: Option<Ruleset>,
+    conntrack: Arc<dyn Conntrack>,
+    /// The UDP frontends the last successful conntrack cleanup saw (`None`
+    /// before the first).
+    cleaned: Option<UdpFrontends>,
 }
 
 impl Proxier {
-    /// A proxier that has applied nothing yet.
+    /// A proxier that has applied nothing yet, cleaning conntrack entries
+    /// through ctnetlink in [`ProxyConfig::netns`].
     pub fn new(config: ProxyConfig, host: Arc<dyn Host>) -> Self {
+        let conntrack = Arc::new(NetlinkConntrack::new(config.netns.clone()));
         Self {
             config,
             host,
             applied: None,
+            conntrack,
+            cleaned: None,
         }
+    }
+
+    /// Cleans conntrack entries through `conntrack` instead.
+    pub fn with_conntrack(mut self, conntrack: Arc<dyn Conntrack>) -> Self {
+        self.conntrack = conntrack;
+        self
     }
 
     /// Sets the sysctls the proxy needs.
@@ -135,7 +160,9 @@ impl Proxier {
         slices: &[Arc<EndpointSlice>],
     ) -> Result<SyncStats, ProxyError> {
         let started = Instant::now();
-        let desired = render(&self.config, services, slices);
+        let ports = service_ports(&self.config, services, slices);
+        let desired = render_ports(&self.config, &ports);
+        let frontends = UdpFrontends::new(&ports);
         let update = self
             .applied
             .as_ref()
@@ -149,6 +176,7 @@ impl Proxier {
         let chains = desired.chain_names().count();
         let elements = desired.element_count();
         if mode == SyncMode::Unchanged {
+            let (conntrack, conntrack_deleted) = self.clean_conntrack(&frontends);
             return Ok(SyncStats {
                 mode,
                 render: render_time,
@@ -156,6 +184,8 @@ impl Proxier {
                 script_bytes: 0,
                 chains,
                 elements,
+                conntrack,
+                conntrack_deleted,
             });
         }
         let applying = Instant::now();
@@ -177,6 +207,7 @@ impl Proxier {
         match result {
             Ok((mode, script_bytes)) => {
                 self.applied = Some(desired);
+                let (conntrack, conntrack_deleted) = self.clean_conntrack(&frontends);
                 Ok(SyncStats {
                     mode,
                     render: render_time,
@@ -184,6 +215,8 @@ impl Proxier {
                     script_bytes,
                     chains,
                     elements,
+                    conntrack,
+                    conntrack_deleted,
                 })
             }
             Err((mode, source)) => {
@@ -195,6 +228,28 @@ impl Proxier {
                 })
             }
         }
+    }
+
+    /// Deletes the conntrack entries that became stale since the last
+    /// cleanup, now that the rules for `frontends` are in place; returns how
+    /// long it took and how many went. A failure is logged, and the next sync
+    /// tries again (the last cleanup's frontends are kept).
+    fn clean_conntrack(&mut self, frontends: &UdpFrontends) -> (Duration, usize) {
+        let Some(cleanup) = frontends.cleanup(self.cleaned.as_ref()) else {
+            return (Duration::ZERO, 0);
+        };
+        let started = Instant::now();
+        let deleted = match conntrack::clean(self.conntrack.as_ref(), &cleanup) {
+            Ok(deleted) => {
+                self.cleaned = Some(frontends.clone());
+                deleted
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not delete stale UDP conntrack entries");
+                0
+            }
+        };
+        (started.elapsed(), deleted)
     }
 }
 
@@ -289,6 +344,7 @@ where
                             apply_ms = stats.apply.as_secs_f64() * 1e3,
                             chains = stats.chains,
                             elements = stats.elements,
+                            conntrack_deleted = stats.conntrack_deleted,
                             "synced service rules"
                         );
                     }

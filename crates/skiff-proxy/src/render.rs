@@ -138,9 +138,15 @@ pub fn render(
     services: &[Arc<Service>],
     slices: &[Arc<EndpointSlice>],
 ) -> Ruleset {
+    render_ports(config, &service_ports(config, services, slices))
+}
+
+/// Renders the whole table for Service ports already read from a snapshot
+/// (by [`service_ports`]).
+pub fn render_ports(config: &ProxyConfig, ports: &[ServicePort]) -> Ruleset {
     let mut rules = skeleton(config);
-    for port in service_ports(config, services, slices) {
-        add_service_port(&mut rules, config, &port);
+    for port in ports {
+        add_service_port(&mut rules, config, port);
     }
     rules
 }

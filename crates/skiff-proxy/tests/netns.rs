@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
-use skiff_proxy::{Host, Proxier, ProxyConfig, SyncMode, SystemHost, render};
+use skiff_proxy::conntrack::IPPROTO_UDP;
+use skiff_proxy::{
+    Conntrack, Host, NetlinkConntrack, Proxier, ProxyConfig, SyncMode, SystemHost, render,
+};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -155,6 +158,22 @@ f = s.makefile()
 print(f.readline().strip(), flush=True)
 for line in sys.stdin:
     s.sendall(line.encode()); print(f.readline().strip(), flush=True)
+"#;
+
+/// One UDP socket on a fixed local port: sends each stdin line as a
+/// datagram and prints the reply, or `timeout` after a second. Unconnected,
+/// so an ICMP error is a timeout too.
+const UDP_HOLD: &str = r#"
+import socket, sys
+host, port, local = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+u.bind(("0.0.0.0", local))
+for line in sys.stdin:
+    u.sendto(line.encode(), (host, port))
+    try:
+        print(u.recv(512).decode().strip(), flush=True)
+    except (socket.timeout, TimeoutError):
+        print("timeout", flush=True)
 "#;
 
 /// A process killed on drop.
@@ -731,8 +750,28 @@ struct Hold {
 
 impl Hold {
     fn open(ns: &Netns, host: &str, port: u16) -> Self {
+        Self::spawn(ns, &["python3", "-c", HOLD, host, &port.to_string()])
+    }
+
+    /// A UDP client that keeps its source port (so its packets stay in one
+    /// conntrack entry), as a DNS resolver does.
+    fn udp(ns: &Netns, host: &str, port: u16, local_port: u16) -> Self {
+        Self::spawn(
+            ns,
+            &[
+                "python3",
+                "-c",
+                UDP_HOLD,
+                host,
+                &port.to_string(),
+                &local_port.to_string(),
+            ],
+        )
+    }
+
+    fn spawn(ns: &Netns, argv: &[&str]) -> Self {
         let mut child = ns
-            .command(&["python3", "-c", HOLD, host, &port.to_string()])
+            .command(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -757,4 +796,133 @@ impl Hold {
         self.stdin.flush().unwrap();
         self.next()
     }
+}
+
+/// The namespace's conntrack entries as the kernel prints them, one a line.
+fn conntrack_lines(ns: &Netns, needle: &str) -> Vec<String> {
+    ns.sh(&["cat", "/proc/net/nf_conntrack"])
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn stale_udp_conntrack_entries_are_deleted_when_endpoints_change() {
+    let Some([node, client, backend, external]) =
+        namespaces(["ct-node", "ct-client", "ct-backend", "ct-ext"])
+    else {
+        return;
+    };
+    link(
+        &node,
+        "to-client",
+        "10.42.0.1",
+        &client,
+        "eth0",
+        "10.42.0.2",
+    );
+    link(
+        &node,
+        "to-backend",
+        "10.42.1.1",
+        &backend,
+        "eth0",
+        "10.42.1.2",
+    );
+    backend.sh(&["ip", "addr", "add", "10.42.1.3/24", "dev", "eth0"]);
+    link(
+        &node,
+        "to-ext",
+        "192.168.77.1",
+        &external,
+        "eth0",
+        "192.168.77.2",
+    );
+    client.sh(&["ip", "route", "add", "default", "via", "10.42.0.1"]);
+    backend.sh(&["ip", "route", "add", "default", "via", "10.42.1.1"]);
+    // Traffic to a Service IP without rules leaves towards the external
+    // host, which drops it: a flow "cached to nowhere".
+    node.sh(&["ip", "route", "add", "default", "via", "192.168.77.2"]);
+    // Both endpoints stay up throughout: only conntrack decides which one a
+    // client's packets reach.
+    let _a = serve(&backend, "a", "10.42.1.2", 5353);
+    let _b = serve(&backend, "b", "10.42.1.3", 5353);
+
+    let services = [service(
+        "default",
+        "dns",
+        json!({"clusterIP": "10.43.0.90", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+    )];
+    let dns_slice = |endpoint: &str| {
+        slice(
+            "default",
+            "dns",
+            json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            &[(endpoint, "node-a")],
+        )
+    };
+    let mut proxier = Proxier::new(
+        node_config(&node),
+        Arc::new(SystemHost::new(Some(node.0.clone()))),
+    );
+    proxier.set_sysctls().unwrap();
+    proxier.sync(&[], &[]).unwrap();
+
+    // Before the Service exists, the client's query goes nowhere, and its
+    // entry stays un-NATed.
+    let mut resolver = Hold::udp(&client, "10.43.0.90", 53, 40053);
+    assert_eq!(resolver.send("q"), "timeout");
+    assert_eq!(conntrack_lines(&node, "dst=10.43.0.90").len(), 1);
+
+    // The Service appears with an endpoint: that entry is deleted, so the
+    // same socket's next query is DNATed.
+    let stats = proxier.sync(&services, &[dns_slice("10.42.1.2")]).unwrap();
+    assert_eq!(stats.conntrack_deleted, 1);
+    assert_eq!(resolver.send("q"), "a 10.42.0.2");
+    // Our own listing sees the DNATed entry the kernel made.
+    let listed = NetlinkConntrack::new(Some(node.0.clone()))
+        .flows(IPPROTO_UDP)
+        .unwrap();
+    let ours: Vec<_> = listed
+        .iter()
+        .filter(|f| f.original.dst == Ipv4Addr::new(10, 43, 0, 90))
+        .collect();
+    assert_eq!(ours.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            ours[0].original.src,
+            ours[0].original.src_port,
+            ours[0].original.dst_port
+        ),
+        (Ipv4Addr::new(10, 42, 0, 2), 40053, 53)
+    );
+    assert_eq!(
+        (ours[0].reply.src, ours[0].reply.src_port),
+        (Ipv4Addr::new(10, 42, 1, 2), 5353)
+    );
+
+    // The endpoint is replaced (its server still answers): the entry to it
+    // is deleted, and the client's next query reaches the new one.
+    let stats = proxier.sync(&services, &[dns_slice("10.42.1.3")]).unwrap();
+    assert_eq!(
+        (stats.mode, stats.conntrack_deleted),
+        (SyncMode::Incremental, 1)
+    );
+    assert!(conntrack_lines(&node, "dst=10.43.0.90").is_empty());
+    assert_eq!(resolver.send("q"), "b 10.42.0.2");
+    let entries = conntrack_lines(&node, "dst=10.43.0.90");
+    assert_eq!(entries.len(), 1);
+    assert!(entries[0].contains("src=10.42.1.3"), "{entries:?}");
+
+    // Traffic outside any Service, over TCP and UDP, to the old endpoint.
+    let _direct = serve(&backend, "direct", "10.42.1.2", 7000);
+    assert_eq!(reply(&client, "udp", "10.42.1.2", 7000), "direct 10.42.0.2");
+    assert_eq!(reply(&client, "tcp", "10.42.1.2", 7000), "direct 10.42.0.2");
+    // The Service is deleted: its entries go, the direct ones stay.
+    let stats = proxier.sync(&[], &[]).unwrap();
+    assert_eq!(stats.conntrack_deleted, 1);
+    assert!(conntrack_lines(&node, "dst=10.43.0.90").is_empty());
+    let direct = conntrack_lines(&node, "dport=7000");
+    assert_eq!(direct.len(), 2, "{direct:?}");
 }

@@ -28,6 +28,13 @@ const LATEST: TableDefinition<&str, i64> = TableDefinition::new("latest");
 const HISTORY: TableDefinition<(&str, i64), ()> = TableDefinition::new("history");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 
+/// redb's page cache (its default is 1 GiB, all of it resident once the log has
+/// grown that big). The API server reads the store only for single objects
+/// (recently written, so cached) and for watches older than its watch cache;
+/// pages beyond this are read back from the kernel's page cache, which does
+/// not count against the server's memory.
+const CACHE_BYTES: usize = 256 << 20;
+
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 
@@ -49,7 +56,10 @@ impl EmbeddedStore {
 
     /// [`open`](Self::open) with non-default tuning.
     pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(db_error)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(db_error)?;
         let txn = db.begin_write().map_err(db_error)?;
         {
             // Create the tables so that read transactions always find them.

@@ -15,6 +15,8 @@
 //!   stores (409 when the object exists), an update replaces, a JSON merge
 //!   patch merges (the `status` subresource patches the object), a delete
 //!   removes; reads, patches and deletes of a missing object answer 404.
+//!   A POST to an object's subresource (`.../serviceaccounts/x/token`) is
+//!   answered with what the test stored at that path (404 when nothing).
 //! - **Every write is recorded** ([`FakeApi::writes`]) with its method, path
 //!   and body, failed ones too. Events are kept apart ([`FakeApi::events`]) so
 //!   that a test's write log does not depend on what the code reports.
@@ -325,6 +327,16 @@ impl FakeApi {
                     None => not_found(),
                 }
             }
+            (
+                "POST",
+                Some(Route::Object {
+                    subresource: Some(_),
+                    ..
+                }),
+            ) => match state.objects.get(&path) {
+                Some(reply) => (StatusCode::CREATED, reply.clone()),
+                None => not_found(),
+            },
             ("DELETE", Some(Route::Object { path, .. })) => match state.objects.remove(&path) {
                 Some(_) => (
                     StatusCode::OK,

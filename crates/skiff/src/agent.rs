@@ -71,6 +71,7 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
             labels: Default::default(),
             cluster_dns: Some(crate::node_network::cluster_dns(&args.agent)),
             bridge: args.agent.bridge.clone(),
+            cluster_cidr: crate::node_network::cluster_cidr(&args.cluster_cidr)?,
             provision_immediate: false,
         };
         eprintln!(

@@ -55,6 +55,12 @@ pub async fn run(
     Ok(())
 }
 
+/// The `--cluster-cidr` flag's network.
+pub fn cluster_cidr(text: &str) -> anyhow::Result<ipnet::Ipv4Net> {
+    text.parse()
+        .with_context(|| format!("--cluster-cidr {text}: not an IPv4 CIDR"))
+}
+
 /// The cluster DNS the node's pods are given (`--cluster-dns`,
 /// `--cluster-domain`).
 pub fn cluster_dns(agent: &AgentArgs) -> skiff_agent::config::ClusterDns {

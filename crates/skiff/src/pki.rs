@@ -98,9 +98,10 @@ pub struct ServingNames {
 }
 
 impl ServingNames {
-    /// Loopback, the in-cluster `kubernetes.*` names, the host name, every
-    /// address of the host's interfaces and any extra addresses (the advertise
-    /// address), without duplicates.
+    /// Loopback, the in-cluster `kubernetes.*` names and the `kubernetes`
+    /// Service's ClusterIP (what in-cluster clients dial), the host name,
+    /// every address of the host's interfaces and any extra addresses (the
+    /// advertise address), without duplicates.
     pub fn for_host(hostname: Option<&str>, host_ips: &[IpAddr], extra: &[IpAddr]) -> Self {
         let mut names = ServingNames::default();
         names.add_dns("localhost");
@@ -110,16 +111,30 @@ impl ServingNames {
         for name in IN_CLUSTER_NAMES {
             names.add_dns(name);
         }
-        let loopback = [
+        let fixed = [
             IpAddr::from([127, 0, 0, 1]),
             IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            IpAddr::V4(skiff_apiserver::services::API_SERVICE_IP),
         ];
-        for ip in loopback.iter().chain(host_ips).chain(extra) {
+        for ip in fixed.iter().chain(host_ips).chain(extra) {
             if !names.ips.contains(ip) {
                 names.ips.push(*ip);
             }
         }
         names
+    }
+
+    /// One line per name, what a certificate made for these names records
+    /// beside it so that a change of names is noticed.
+    fn record(&self) -> String {
+        let ips = self.ips.iter().map(ToString::to_string);
+        self.dns
+            .iter()
+            .cloned()
+            .chain(ips)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     }
 
     fn add_dns(&mut self, name: &str) {
@@ -201,6 +216,7 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
         SERVER_CERT,
         SERVER_KEY,
         ca_is_new,
+        Some(names),
         || {
             let mut params = CertificateParams::default();
             params.subject_alt_names = names.san_types()?;
@@ -215,6 +231,7 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
         ADMIN_CERT,
         ADMIN_KEY,
         ca_is_new,
+        None,
         || {
             let mut params = CertificateParams::default();
             params.distinguished_name = distinguished_name(ADMIN_USER, Some(ADMIN_GROUP));
@@ -229,6 +246,7 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
         KUBELET_CLIENT_CERT,
         KUBELET_CLIENT_KEY,
         ca_is_new,
+        None,
         || {
             let mut params = CertificateParams::default();
             params.distinguished_name =
@@ -243,6 +261,7 @@ pub fn ensure(dir: &Path, names: &ServingNames) -> anyhow::Result<Pki> {
         KUBELET_SERVING_CERT,
         KUBELET_SERVING_KEY,
         ca_is_new,
+        Some(names),
         || {
             let mut params = CertificateParams::default();
             params.subject_alt_names = names.san_types()?;
@@ -330,16 +349,27 @@ fn distinguished_name(common_name: &str, organization: Option<&str>) -> Distingu
 }
 
 /// Return `(cert_pem, key_pem)` for a leaf, generating and signing it unless it
-/// exists and its CA was kept.
+/// exists, its CA was kept and, for a serving certificate, it was made for
+/// the same `names` (recorded in `<cert_file>.names`), as k3s regenerates
+/// its serving certificate when the host's addresses change.
 fn ensure_leaf(
     dir: &Path,
     cert_file: &str,
     key_file: &str,
     ca_is_new: bool,
+    names: Option<&ServingNames>,
     params: impl FnOnce() -> anyhow::Result<CertificateParams>,
     issuer: &Issuer<'_, KeyPair>,
 ) -> anyhow::Result<(String, String)> {
-    if !ca_is_new && let Some(pair) = load_pair(dir, cert_file, key_file)? {
+    let record_path = dir.join(format!("{cert_file}.names"));
+    let same_names = match names {
+        None => true,
+        Some(names) => read_optional(&record_path)?.is_some_and(|r| r == names.record()),
+    };
+    if !ca_is_new
+        && same_names
+        && let Some(pair) = load_pair(dir, cert_file, key_file)?
+    {
         return Ok(pair);
     }
     let key = KeyPair::generate().with_context(|| format!("generating {key_file}"))?;
@@ -348,6 +378,9 @@ fn ensure_leaf(
         .with_context(|| format!("signing {cert_file}"))?;
     let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
     write_pair(dir, cert_file, &cert_pem, key_file, &key_pem)?;
+    if let Some(names) = names {
+        write_file_atomic(&record_path, names.record().as_bytes(), 0o644)?;
+    }
     Ok((cert_pem, key_pem))
 }
 
@@ -451,7 +484,10 @@ mod tests {
             ]
         );
         let ips: Vec<String> = n.ips.iter().map(ToString::to_string).collect();
-        assert_eq!(ips, ["127.0.0.1", "::1", "10.1.2.3", "192.168.9.9"]);
+        assert_eq!(
+            ips,
+            ["127.0.0.1", "::1", "10.43.0.1", "10.1.2.3", "192.168.9.9"]
+        );
     }
 
     #[test]
@@ -463,10 +499,25 @@ mod tests {
             let mode = fs::metadata(dir.join(key)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
-        let second = ensure(&dir, &ServingNames::default()).unwrap();
+        let second = ensure(&dir, &names()).unwrap();
         assert_eq!(first.ca_cert, second.ca_cert);
         assert_eq!(first.server_cert, second.server_cert);
         assert_eq!(first.admin_key, second.admin_key);
+    }
+
+    #[test]
+    fn new_names_reissue_the_serving_certificates_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let first = ensure(&dir, &names()).unwrap();
+        let moved = ServingNames::for_host(Some("node-a"), &[IpAddr::from([10, 9, 9, 9])], &[]);
+        let second = ensure(&dir, &moved).unwrap();
+        assert_eq!(first.ca_cert, second.ca_cert);
+        assert_eq!(first.admin_cert, second.admin_cert);
+        assert_ne!(first.server_cert, second.server_cert);
+        assert_ne!(first.kubelet_serving_cert, second.kubelet_serving_cert);
+        let third = ensure(&dir, &moved).unwrap();
+        assert_eq!(second.server_cert, third.server_cert);
     }
 
     #[test]

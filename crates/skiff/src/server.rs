@@ -6,6 +6,7 @@
 //! ```text
 //! DATA_DIR/
 //!   tls/          ca.crt ca.key server.crt server.key admin.crt admin.key
+//!                 service.key (signs service account tokens)
 //!   token         bootstrap token for agents
 //!   node-token    join token for `skiff agent --token` (CA hash + bootstrap token)
 //!   kubeconfig    admin kubeconfig, rewritten on every start (the port may change)
@@ -43,6 +44,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     let extra_sans: Vec<IpAddr> = args.advertise_address.into_iter().collect();
     let names = ServingNames::for_host(pki::hostname().as_deref(), &host_ips, &extra_sans);
     let pki = pki::ensure(&data_dir.join("tls"), &names)?;
+    let service_account_key = skiff_apiserver::service_account::SigningKey::load_or_create(
+        &data_dir.join("tls/service.key"),
+    )?;
     let bootstrap_token = token::ensure(&data_dir.join("token"))?;
     let node_token = crate::join::node_token(&pki.ca_cert, &bootstrap_token);
     pki::write_file_atomic(
@@ -108,6 +112,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             advertise,
             // Agents will join with the bootstrap token.
             bearer_tokens: vec![bootstrap_token],
+            service_accounts: Some(
+                skiff_apiserver::service_account::ServiceAccountOptions::new(service_account_key),
+            ),
             kubelet_client: Some(skiff_apiserver::node_proxy::KubeletClientTls {
                 ca_pem: pki.ca_cert.clone(),
                 cert_pem: pki.kubelet_client_cert.clone(),
@@ -329,6 +336,7 @@ impl Components<'_> {
             .into(),
             cluster_dns: Some(crate::node_network::cluster_dns(agent)),
             bridge: agent.bridge.clone(),
+            cluster_cidr: crate::node_network::cluster_cidr(&self.args.cluster_cidr)?,
             provision_immediate: true,
         })
     }

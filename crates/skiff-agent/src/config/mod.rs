@@ -35,7 +35,7 @@ pub use dns::dns_config;
 pub use env::{EnvError, expand, resolve_env};
 pub use hosts::{etc_hosts, hostname_and_domain};
 pub use qos::{QosClass, qos_class};
-pub use resources::{milli_cpu_to_quota, milli_cpu_to_shares, oom_score_adj};
+pub use resources::{linux_resources, milli_cpu_to_quota, milli_cpu_to_shares, oom_score_adj};
 
 /// Label naming the pod's uid on sandboxes and containers (the agent finds
 /// its pods in the runtime by it).

@@ -131,7 +131,7 @@ pub fn oom_score_adj(pod: &Pod, container: &Container, memory_capacity_bytes: u6
 /// The OOM score of a Burstable container depends on the node's memory
 /// (`memory_capacity_bytes`). Without it, the container's memory limit stands
 /// in (the most it can use), and without a limit the score is 999.
-pub(super) fn linux_resources(
+pub fn linux_resources(
     pod: &Pod,
     container: &Container,
     memory_capacity_bytes: Option<u64>,

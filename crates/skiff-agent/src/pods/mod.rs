@@ -15,6 +15,7 @@
 mod backoff;
 mod cgroups;
 mod pull;
+mod resize;
 mod runtime;
 mod status;
 mod worker;

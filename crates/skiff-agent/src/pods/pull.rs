@@ -84,19 +84,26 @@ fn auth_key_host(key: &str) -> &str {
 
 /// Credentials for `image` from pull secrets of type
 /// `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`, in the
-/// order the pod lists them; `None` when none matches.
+/// order the pod lists them; `None` when none matches. A secret that does not
+/// parse is passed over. The server address stays empty, as the kubelet
+/// sends it: containerd parses a set address as a URL, which a bare
+/// `host:port` key is not.
 pub fn credentials(image: &str, secrets: &[&Secret]) -> Option<AuthConfig> {
     let host = registry_host(image);
     for secret in secrets {
         let data = secret.data.clone().unwrap_or_default();
         let auths = if let Some(json) = data.get(".dockerconfigjson") {
-            serde_json::from_slice::<DockerConfig>(&json.0).ok()?.auths
+            serde_json::from_slice::<DockerConfig>(&json.0).map(|c| c.auths)
         } else if let Some(json) = data.get(".dockercfg") {
-            serde_json::from_slice::<BTreeMap<String, DockerAuth>>(&json.0).ok()?
+            serde_json::from_slice::<BTreeMap<String, DockerAuth>>(&json.0)
         } else {
             continue;
         };
-        if let Some((key, auth)) = auths.into_iter().find(|(k, _)| auth_key_host(k) == host) {
+        let Ok(auths) = auths else { continue };
+        if let Some(auth) = auths
+            .into_iter()
+            .find_map(|(k, auth)| (auth_key_host(&k) == host).then_some(auth))
+        {
             let (mut username, mut password) = (auth.username, auth.password);
             if username.is_empty() && !auth.auth.is_empty() {
                 let decoded = base64::engine::general_purpose::STANDARD
@@ -111,7 +118,6 @@ pub fn credentials(image: &str, secrets: &[&Secret]) -> Option<AuthConfig> {
             return Some(AuthConfig {
                 username,
                 password,
-                server_address: key,
                 identity_token: auth.identity_token,
                 registry_token: auth.registry_token,
                 ..AuthConfig::default()
@@ -169,8 +175,12 @@ mod tests {
         );
         let got = credentials("127.0.0.1:5000/app:v1", &[&cfg]).expect("match");
         assert_eq!(
-            (got.username.as_str(), got.password.as_str()),
-            ("bob", "s3cret")
+            (
+                got.username.as_str(),
+                got.password.as_str(),
+                got.server_address.as_str()
+            ),
+            ("bob", "s3cret", "")
         );
         let hub = credentials("busybox:1", &[&cfg]).expect("docker hub");
         assert_eq!(hub.username, "d");
@@ -179,8 +189,9 @@ mod tests {
             ".dockercfg",
             r#"{"ghcr.io":{"username":"g","password":"h"}}"#,
         );
+        let broken = secret(".dockerconfigjson", "{not json");
         assert_eq!(
-            credentials("ghcr.io/x", &[&cfg, &legacy])
+            credentials("ghcr.io/x", &[&broken, &cfg, &legacy])
                 .expect("legacy")
                 .username,
             "g"

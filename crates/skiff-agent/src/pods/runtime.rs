@@ -75,6 +75,9 @@ pub struct ContainerRecord {
     pub image_ref: String,
     /// Its log file.
     pub log_path: String,
+    /// The cgroup values the runtime reports for it (created with, or last
+    /// updated to); `None` when the runtime does not say.
+    pub resources: Option<super::resize::CgroupResources>,
 }
 
 impl ContainerRecord {
@@ -232,6 +235,12 @@ impl RuntimeView {
         Ok(out)
     }
 
+    /// Drops what is cached of container `id`, after changing it in a way
+    /// its listed state does not show (its resources).
+    pub fn forget_container(&self, id: &str) {
+        lock(&self.container_cache).remove(id);
+    }
+
     async fn sandbox_record(&self, id: &str, ready: bool) -> Result<SandboxRecord, CriError> {
         if let Some(cached) = lock(&self.sandbox_cache).get(id)
             && cached.ready == ready
@@ -312,6 +321,11 @@ impl RuntimeView {
             image: status.image.map(|i| i.image).unwrap_or_default(),
             image_ref: status.image_ref,
             log_path: status.log_path,
+            resources: status
+                .resources
+                .as_ref()
+                .and_then(|r| r.linux.as_ref())
+                .map(super::resize::CgroupResources::from),
         };
         lock(&self.container_cache).insert(id.to_string(), record.clone());
         Ok(Some(record))

@@ -173,7 +173,9 @@ fn container_status(
                 }),
                 ..ContainerState::default()
             });
-            let started = (input.started)(name);
+            // Without a startup probe a running container has started, even
+            // before the probe manager has taken it on.
+            let started = container.startup_probe.is_none() || (input.started)(name);
             status.started = Some(started);
             status.ready = started && (!has_readiness_probe || (input.readiness)(name));
             status.last_state = previous.filter(|p| p.exited()).map(terminated_state);

@@ -15,12 +15,13 @@ use skiff_client::events::EventType;
 use skiff_cri::v1::{
     CreateContainerRequest, ImageSpec, ImageStatusRequest, PodSandboxConfig, PullImageRequest,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 
 use super::Shared;
 use super::backoff;
 use super::pull::{self, PullPolicy};
+use super::resize::{self, Action, CgroupResources, ResizeState};
 use super::runtime::{ContainerRecord, PodRuntime};
 use super::status::{self, Phase, StatusInput, Waiting, is_sidecar, restart_policy};
 use crate::probes::ProbeTarget;
@@ -59,6 +60,8 @@ pub struct PodMemory {
     /// Why the agent failed the pod itself (`DeadlineExceeded`), with the
     /// message for `status.reason`/`status.message`.
     failed: Option<(&'static str, String)>,
+    /// Where an in-place resize stands, as the last sync saw it.
+    resize: ResizeState,
 }
 
 /// Which list of the spec a container is in.
@@ -231,6 +234,7 @@ impl Shared {
         };
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = restart_policy(pod).to_string();
+        memory.resize = self.resize_admission(pod);
 
         // Init containers, in order: each must finish (or, for a sidecar,
         // start) before the next one runs.
@@ -377,18 +381,13 @@ impl Shared {
             if self.liveness_failed(&record.id) && !memory.killed.contains(&record.id) {
                 memory.killed.push(record.id.clone());
                 let message = format!("Container {name} failed liveness probe, will be restarted");
-                self.event(
-                    pod,
-                    Some(field_path(kind, name)),
-                    EventType::Normal,
-                    "Killing",
-                    &message,
-                );
-                self.stop_container(pod, container, &record.id, grace_seconds(pod))
+                self.kill_container(pod, container, kind, &record.id, &message)
                     .await?;
                 return Ok(Step::progressing());
             }
-            return Ok(Step::running());
+            return self
+                .resize_container(pod, container, kind, record, run, memory)
+                .await;
         }
         if let Some(record) = latest.filter(|r| r.exited()) {
             let restart = match policy {
@@ -447,6 +446,65 @@ impl Shared {
         self.start_container(pod, container, kind, attempt, run, memory)
             .await?;
         Ok(Step::progressing())
+    }
+
+    /// Whether the node takes what the pod's spec asks now, against the
+    /// other pods bound to it (see [`resize::admission`]).
+    fn resize_admission(&self, pod: &Pod) -> ResizeState {
+        let pods: Vec<Arc<Pod>> = super::lock(&self.pods).values().cloned().collect();
+        let others: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+        ResizeState {
+            pending: resize::admission(pod, &others, &self.config.node_allocatable).err(),
+            ..ResizeState::default()
+        }
+    }
+
+    /// Makes a running container's cgroups match its spec after an admitted
+    /// resize: in place, or by a restart its `resizePolicy` asks for.
+    #[allow(clippy::too_many_arguments)]
+    async fn resize_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        kind: Kind,
+        record: &ContainerRecord,
+        run: &SandboxRun<'_>,
+        memory: &mut PodMemory,
+    ) -> Result<Step, SyncError> {
+        if memory.resize.pending.is_some() {
+            return Ok(Step::running());
+        }
+        let desired = crate::config::linux_resources(pod, container, None)
+            .map_err(|e| SyncError::Config(e.to_string()))?;
+        match resize::decide(container, &desired, record.resources.as_ref()) {
+            Action::Keep => Ok(Step::running()),
+            Action::Update(linux) => {
+                memory.resize.in_progress = true;
+                let request = UpdateContainerResourcesRequest {
+                    container_id: record.id.clone(),
+                    linux: Some(linux),
+                    ..UpdateContainerResourcesRequest::default()
+                };
+                match self.runtime.update_container_resources(request).await {
+                    Ok(_) => self.view.forget_container(&record.id),
+                    Err(e) => memory.resize.error = Some(e.message()),
+                }
+                Ok(Step {
+                    progressing: true,
+                    running: true,
+                })
+            }
+            Action::Restart => {
+                memory.resize.in_progress = true;
+                let name = &container.name;
+                let message = format!("Container {name} resize requires restart");
+                self.kill_container(pod, container, kind, &record.id, &message)
+                    .await?;
+                self.start_container(pod, container, kind, record.attempt + 1, run, memory)
+                    .await?;
+                Ok(Step::progressing())
+            }
+        }
     }
 
     fn backoff(&self) -> std::sync::MutexGuard<'_, super::backoff::Backoff> {
@@ -821,6 +879,22 @@ impl Shared {
         Ok(Some(path))
     }
 
+    /// Stops a running container to restart it, with a `Killing` event saying
+    /// why, within the pod's grace period.
+    async fn kill_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        kind: Kind,
+        container_id: &str,
+        why: &str,
+    ) -> Result<(), SyncError> {
+        let field = Some(field_path(kind, &container.name));
+        self.event(pod, field, EventType::Normal, "Killing", why);
+        self.stop_container(pod, container, container_id, grace_seconds(pod))
+            .await
+    }
+
     /// Stops one container: preStop hook, then the stop signal and SIGKILL
     /// after what is left of `grace` seconds.
     async fn stop_container(
@@ -1022,6 +1096,19 @@ impl Shared {
             };
             status::pod_status(&input)
         };
+        let desired = |c: &Container| {
+            crate::config::linux_resources(pod, c, None)
+                .ok()
+                .map(|r| CgroupResources::from(&r))
+        };
+        resize::report(
+            &mut computed,
+            pod,
+            &runtime,
+            &memory.resize,
+            &desired,
+            jiff::Timestamp::now(),
+        );
         if let Some((reason, message)) = &memory.failed {
             computed.phase = Some(Phase::Failed.as_str().to_string());
             computed.reason = Some((*reason).to_string());

@@ -22,12 +22,22 @@
 //!   PV. The directory is removed only after the checks of [`dirs`], so a
 //!   crafted PV path can never make the agent delete anything outside its
 //!   storage directory; such a PV gets a `VolumeFailedDelete` event and is
-//!   left alone.
+//!   left alone;
+//! - expands the bound claims [`resize::wanted`] gives to this node (a class
+//!   with `allowVolumeExpansion: true` and a request above the claim's
+//!   capacity): a directory has no size to change, so this is the
+//!   bookkeeping upstream's external-resizer does, the PV's capacity and the
+//!   claim's status ending as after a finished online expansion. The default
+//!   class stays as k3s ships it, without `allowVolumeExpansion`, so its
+//!   claims cannot grow; a class created with it lets them.
 //!
 //! Events use upstream's reasons (`Provisioning`, `ProvisioningSucceeded`,
 //! `ProvisioningFailed`, `VolumeFailedDelete`) from the component
 //! `rancher.io/local-path_<node>`, as upstream's provisioner library names
-//! itself `<provisioner>_<identity>`. Failures that a retry can fix (API,
+//! itself `<provisioner>_<identity>`; expansion events (`Resizing`,
+//! `VolumeResizeSuccessful`, `VolumeResizeFailed`) come from
+//! `external-resizer rancher.io/local-path`, as upstream's resizer names
+//! itself `external-resizer <driver>`. Failures that a retry can fix (API,
 //! disk) are retried per object with exponential backoff; a claim this
 //! provisioner cannot serve (see [`claim::Unsupported`]) and a refused path
 //! wait for the object to change.
@@ -35,6 +45,7 @@
 pub mod claim;
 pub mod class;
 pub mod dirs;
+pub mod resize;
 pub mod volume;
 
 #[cfg(test)]
@@ -304,6 +315,8 @@ struct Context {
     client: kube::Client,
     config: ProvisionerConfig,
     recorder: EventRecorder,
+    /// Events of expansions, under the resizer's name.
+    resizer: EventRecorder,
     /// Every StorageClass, from one watch.
     classes: Store<StorageClass>,
 }
@@ -315,13 +328,19 @@ impl Context {
         let component = format!("{PROVISIONER}_{}", config.node_name);
         Self {
             recorder: EventRecorder::new(client.clone(), &component, ""),
+            resizer: EventRecorder::new(
+                client.clone(),
+                &format!("external-resizer {PROVISIONER}"),
+                "",
+            ),
             client,
             config,
             classes,
         }
     }
 
-    /// Provisions `claim` if it is this node's to provision.
+    /// Provisions `claim` if it is this node's to provision, or expands its
+    /// volume if it is bound here and asks for more.
     async fn reconcile_claim(&self, claim: &PersistentVolumeClaim) -> Result<(), ProvisionerError> {
         let class =
             claim::claim_class(claim).and_then(|name| self.classes.get(&ObjectRef::new(name)));
@@ -329,6 +348,9 @@ impl Context {
             return Ok(());
         };
         let node = &self.config.node_name;
+        if let Some(volume) = resize::wanted(claim, &class, node) {
+            return self.expand(claim, volume).await;
+        }
         match claim::decide(claim, Some(&class), node, self.config.immediate) {
             ClaimAction::Ignore => Ok(()),
             ClaimAction::Provision => self.provision(claim, &class).await,
@@ -439,6 +461,89 @@ impl Context {
         );
         tracing::info!(claim = %claim_key(claim), volume = %pv_name, "provisioned");
         Ok(())
+    }
+
+    /// Expands `claim`'s volume `pv_name` if it is this node's (see
+    /// [`resize`]): marks the claim resizing, grows the PV's capacity, marks
+    /// the claim resized. Each status write carries the resourceVersion it
+    /// was computed from, so a claim changed meanwhile is looked at afresh.
+    async fn expand(
+        &self,
+        claim: &PersistentVolumeClaim,
+        pv_name: &str,
+    ) -> Result<(), ProvisionerError> {
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        let Some(pv) = volumes
+            .get_opt(pv_name)
+            .await
+            .map_err(api_error("reading volume", pv_name))?
+        else {
+            return Ok(());
+        };
+        let node = &self.config.node_name;
+        let Some(expansion) = resize::plan(claim, &pv, node, jiff::Timestamp::now()) else {
+            return Ok(());
+        };
+        let key = claim_key(claim);
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), &claim.namespace().unwrap_or_default());
+        let reference = claim.object_ref(&());
+        let started = self
+            .patch_claim_status(&claims, claim, &expansion.started)
+            .await
+            .map_err(api_error("marking claim resizing", &key))?;
+        self.resizer.record(
+            &reference,
+            EventType::Normal,
+            "Resizing",
+            &format!("External resizer is resizing volume {pv_name}"),
+        );
+        if expansion.grow_volume {
+            let patch = json!({"spec": {"capacity": {"storage": expansion.size}}});
+            if let Err(e) = volumes
+                .patch(pv_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                let error = api_error("growing volume", pv_name)(e);
+                self.resizer.record(
+                    &reference,
+                    EventType::Warning,
+                    "VolumeResizeFailed",
+                    &error.to_string(),
+                );
+                return Err(error);
+            }
+        }
+        self.patch_claim_status(&claims, &started, &expansion.finished)
+            .await
+            .map_err(api_error("marking claim resized", &key))?;
+        self.resizer.record(
+            &reference,
+            EventType::Normal,
+            "VolumeResizeSuccessful",
+            "Resize volume succeeded",
+        );
+        tracing::info!(claim = %key, volume = %pv_name, size = %expansion.size.0, "expanded");
+        Ok(())
+    }
+
+    /// Merge-patches the status of `claim` with `patch`, pinned to the
+    /// claim's resourceVersion.
+    async fn patch_claim_status(
+        &self,
+        claims: &Api<PersistentVolumeClaim>,
+        claim: &PersistentVolumeClaim,
+        patch: &serde_json::Value,
+    ) -> Result<PersistentVolumeClaim, kube::Error> {
+        let mut patch = patch.clone();
+        patch["metadata"] = json!({"resourceVersion": claim.resource_version()});
+        claims
+            .patch_status(
+                &claim.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
     }
 
     fn provisioning_failed(&self, claim: &PersistentVolumeClaim, class: &StorageClass, why: &str) {

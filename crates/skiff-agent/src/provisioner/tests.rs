@@ -63,6 +63,8 @@ impl FakeApi {
                 None => (404, status(404)),
             },
             "PATCH" => {
+                // A status patch changes the object it is the status of.
+                let path = path.strip_suffix("/status").unwrap_or(path);
                 let Some(mut current) = self.objects.get(path).cloned() else {
                     return (404, status(404));
                 };
@@ -568,6 +570,156 @@ async fn a_crafted_path_is_reported_and_nothing_is_deleted() {
     assert_eq!(
         api.events[0]["involvedObject"]["kind"], "PersistentVolume",
         "the event is about the volume"
+    );
+}
+
+/// A class of this provisioner that lets claims grow.
+fn expandable() -> StorageClass {
+    let mut grow = class("WaitForFirstConsumer", "Delete");
+    grow.allow_volume_expansion = Some(true);
+    grow
+}
+
+/// The claim bound to `pvc-1234` with 1Gi, now requesting `request`.
+fn growing(request: &str) -> PersistentVolumeClaim {
+    let mut c = claim_json(json!({ ANN_SELECTED_NODE: "node-a" }), "ReadWriteOnce");
+    c["spec"]["volumeName"] = json!("pvc-1234");
+    c["spec"]["resources"]["requests"]["storage"] = json!(request);
+    c["status"] = json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"],
+        "capacity": {"storage": "1Gi"}});
+    serde_json::from_value(c).expect("claim")
+}
+
+/// Provisions the 1Gi volume of the claim and stores the claim as `claim`.
+async fn provisioned(f: &Fixture, claim: &PersistentVolumeClaim) {
+    f.ctx
+        .provision(&selected(), &expandable())
+        .await
+        .expect("provision");
+    f.events(2).await;
+    f.api().events.clear();
+    f.store(CLAIM, serde_json::to_value(claim).expect("json"));
+}
+
+#[tokio::test]
+async fn a_claim_of_an_expandable_class_grows_its_volume_and_status() {
+    let mut f = Fixture::new(false);
+    f.add_class(&expandable());
+    let claim = growing("3Gi");
+    provisioned(&f, &claim).await;
+
+    f.ctx.reconcile_claim(&claim).await.expect("expand");
+    {
+        let api = f.api();
+        assert_eq!(api.objects[VOLUME]["spec"]["capacity"]["storage"], "3Gi");
+        assert_eq!(
+            api.objects[CLAIM]["status"],
+            json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": "3Gi"}, "allocatedResources": {"storage": "3Gi"}})
+        );
+        assert_eq!(api.count(&format!("PATCH {CLAIM}/status")), 2);
+    }
+    assert!(f.volume_dir().is_dir(), "the data stays where it was");
+    let events = f.events(2).await;
+    assert_eq!(
+        events,
+        vec![
+            (
+                "Normal".to_string(),
+                "Resizing".to_string(),
+                "External resizer is resizing volume pvc-1234".to_string()
+            ),
+            (
+                "Normal".to_string(),
+                "VolumeResizeSuccessful".to_string(),
+                "Resize volume succeeded".to_string()
+            ),
+        ]
+    );
+    let event = f.api().events[0].clone();
+    assert_eq!(event["involvedObject"]["kind"], "PersistentVolumeClaim");
+    assert_eq!(
+        event["source"]["component"],
+        "external-resizer rancher.io/local-path"
+    );
+
+    // Seen again with its new status: nothing left to do.
+    let resized: PersistentVolumeClaim =
+        serde_json::from_value(f.api().objects[CLAIM].clone()).expect("claim");
+    let writes = f.api().log.len();
+    f.ctx.reconcile_claim(&resized).await.expect("again");
+    assert_eq!(f.api().log.len(), writes);
+}
+
+#[tokio::test]
+async fn a_failed_volume_update_is_reported_and_retried() {
+    let mut f = Fixture::new(false);
+    f.add_class(&expandable());
+    let claim = growing("2Gi");
+    provisioned(&f, &claim).await;
+    f.api().fail.push((format!("PATCH {VOLUME}"), 500));
+
+    let error = f.ctx.reconcile_claim(&claim).await;
+    assert!(
+        matches!(error, Err(ProvisionerError::Api { .. })),
+        "{error:?}"
+    );
+    let events = f.events(2).await;
+    assert_eq!(events[1].0, "Warning");
+    assert_eq!(events[1].1, "VolumeResizeFailed");
+    let in_progress = f.api().objects[CLAIM]["status"].clone();
+    assert_eq!(
+        in_progress["allocatedResourceStatuses"],
+        json!({"storage": "ControllerResizeInProgress"})
+    );
+    assert_eq!(in_progress["conditions"][0]["type"], "Resizing");
+    assert_eq!(in_progress["capacity"]["storage"], "1Gi");
+
+    // The retry starts from the claim as it now is.
+    let current: PersistentVolumeClaim =
+        serde_json::from_value(f.api().objects[CLAIM].clone()).expect("claim");
+    f.ctx.reconcile_claim(&current).await.expect("retry");
+    let api = f.api();
+    assert_eq!(api.objects[VOLUME]["spec"]["capacity"]["storage"], "2Gi");
+    let status = &api.objects[CLAIM]["status"];
+    assert_eq!(status["capacity"]["storage"], "2Gi");
+    assert!(
+        status.get("allocatedResourceStatuses").is_none(),
+        "{status}"
+    );
+    assert!(status.get("conditions").is_none(), "{status}");
+}
+
+#[tokio::test]
+async fn claims_of_a_class_without_expansion_are_not_grown() {
+    let mut f = Fixture::new(false);
+    f.add_class(&class("WaitForFirstConsumer", "Delete"));
+    let claim = growing("3Gi");
+    provisioned(&f, &claim).await;
+    let requests = f.api().log.len();
+    f.ctx.reconcile_claim(&claim).await.expect("reconcile");
+    let api = f.api();
+    assert_eq!(api.log.len(), requests, "{:?}", api.log);
+    assert_eq!(api.objects[VOLUME]["spec"]["capacity"]["storage"], "1Gi");
+}
+
+#[tokio::test]
+async fn a_stale_claim_is_not_marked_resizing() {
+    let mut f = Fixture::new(false);
+    f.add_class(&expandable());
+    let claim = growing("3Gi");
+    provisioned(&f, &claim).await;
+    let mut newer = serde_json::to_value(&claim).expect("json");
+    newer["metadata"]["resourceVersion"] = json!("99");
+    f.store(CLAIM, newer);
+    let error = f.ctx.reconcile_claim(&claim).await;
+    assert!(
+        matches!(error, Err(ProvisionerError::Api { .. })),
+        "{error:?}"
+    );
+    assert_eq!(
+        f.api().objects[VOLUME]["spec"]["capacity"]["storage"],
+        "1Gi"
     );
 }
 

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,13 +32,17 @@ const NEW_DATA_DIR: &str = "..data_tmp";
 const MAX_FILE_NAME: usize = 255;
 const MAX_PATH: usize = 4096;
 
-/// One file of a projection: its bytes, written raw, and its permission bits.
+/// One file of a projection: its bytes, written raw, its permission bits
+/// and, for token files, its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileProjection {
     /// The file's content.
     pub data: Vec<u8>,
     /// Permission bits (`0o644`, ...); only the low nine bits are used.
     pub mode: u32,
+    /// The user owning the file (upstream's `FsUser`); `None` leaves it to
+    /// the writer (root).
+    pub owner: Option<u32>,
 }
 
 /// Files by their path relative to the volume (`key`, `dir/key`).
@@ -269,6 +273,7 @@ fn payload_differs(
         if !meta.is_file()
             || meta.len() != file.data.len() as u64
             || meta.permissions().mode() & 0o777 != file.mode & 0o777
+            || file.owner.is_some_and(|uid| uid != meta.uid())
         {
             return Ok(true);
         }
@@ -325,6 +330,9 @@ fn write_files(
         // The umask may have cleared bits the pod asked for.
         fs::set_permissions(&full, fs::Permissions::from_mode(mode))
             .map_err(io_err("chmod", &full))?;
+        if let Some(uid) = file.owner {
+            std::os::unix::fs::lchown(&full, Some(uid), None).map_err(io_err("chown", &full))?;
+        }
     }
     Ok(())
 }
@@ -369,6 +377,7 @@ mod tests {
         FileProjection {
             data: data.as_bytes().to_vec(),
             mode,
+            owner: None,
         }
     }
 
@@ -474,6 +483,7 @@ mod tests {
             FileProjection {
                 data: bytes.clone(),
                 mode: 0o600,
+                owner: None,
             },
         )]);
         write(dir.path(), &files).expect("write");

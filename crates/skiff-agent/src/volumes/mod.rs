@@ -16,6 +16,13 @@
 //!   with upstream's atomic-writer layout (see `atomic.rs`), rewritten on each
 //!   [`VolumeManager::prepare`] so that they follow their sources. Secret and
 //!   projected volumes live on a tmpfs, so secrets never touch the disk.
+//! - A projected `serviceAccountToken` source is a token of the pod's
+//!   ServiceAccount from the TokenRequest API, bound to the pod, cached and
+//!   refreshed before it expires (see `token.rs`); the [`TokenManager`]
+//!   given with [`VolumeManager::with_tokens`] gets them. With a pod
+//!   `fsGroup`, or one `runAsUser` shared by all its containers, the token
+//!   file is 0600 (0640 after the group walk) and owned by that user, as
+//!   upstream writes it.
 //!
 //! With a pod `fsGroup`, the volumes the agent writes (all but `hostPath`)
 //! belong to that group, with group read-write (read-only for the projected
@@ -44,8 +51,8 @@
 //!
 //! Not served (yet): CSI and other network or attachable volumes, raw block
 //! claims, generic ephemeral volumes, image volumes, `emptyDir` medium
-//! `HugePages`, and the `serviceAccountToken`, `clusterTrustBundle` and
-//! `podCertificate` sources of projected volumes, and the alpha
+//! `HugePages`, the `clusterTrustBundle` and `podCertificate` sources of
+//! projected volumes, and the alpha
 //! `defaultUser`/`user` ownership fields.
 //! The `sizeLimit` of a disk-backed `emptyDir` is enforced by eviction
 //! (`crate::eviction`, measuring [`VolumeManager::empty_dir_path`]); a
@@ -58,6 +65,7 @@ mod mount;
 mod ownership;
 mod payload;
 mod subpath;
+mod token;
 
 use std::collections::HashMap;
 use std::fs;
@@ -72,10 +80,12 @@ use skiff_cri::v1::{KeyValue, Mount, MountPropagation};
 pub use atomic::AtomicWriteError;
 pub use claim::{ClaimError, ClaimsNotReady};
 pub use mount::{FakeMounter, LinuxMounter, MountCall, Mounter};
+pub use token::{TokenError, TokenManager};
 
 use crate::downward::NodeAllocatable;
 use crate::objects::{ObjectError, ObjectSource};
-use atomic::Payload;
+use atomic::{FileProjection, Payload};
+use token::TokenKey;
 
 const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
 const CONFIG_MAP: &str = "kubernetes.io~configmap";
@@ -240,6 +250,9 @@ pub enum SetUpError {
     /// A `local` persistent volume's path is not a usable directory.
     #[error("{0}")]
     Local(String),
+    /// No service account token could be had.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// A projected source kind this node cannot serve.
     #[error("projected {0} sources are not supported by this node")]
     UnsupportedProjection(&'static str),
@@ -282,6 +295,9 @@ pub struct VolumeManager {
     /// resolved and set up once per pod (see the module docs). Held only
     /// briefly, never across an await.
     claims: Mutex<HashMap<String, HashMap<String, PreparedVolume>>>,
+    /// Gets the tokens of `serviceAccountToken` projections; `None` when
+    /// the agent has no API server to ask.
+    tokens: Option<Arc<TokenManager>>,
 }
 
 /// The volumes of a pod, ready to be mounted into its containers.
@@ -328,7 +344,15 @@ impl VolumeManager {
             pods_root,
             mounter,
             claims: Mutex::default(),
+            tokens: None,
         }
+    }
+
+    /// The same manager, getting the tokens of `serviceAccountToken`
+    /// projections from `tokens`. Without it, such volumes fail to set up.
+    pub fn with_tokens(mut self, tokens: TokenManager) -> Self {
+        self.tokens = Some(Arc::new(tokens));
+        self
     }
 
     /// Sets up every volume of `pod`: creates directories, mounts tmpfs,
@@ -363,7 +387,7 @@ impl VolumeManager {
                 return Err(VolumeError::InvalidVolumeName(volume.name.clone()));
             }
             let Some(source) = &volume.persistent_volume_claim else {
-                let plan = plan(pod, volume, objects, node).await?;
+                let plan = plan(pod, volume, objects, node, self.tokens.as_deref()).await?;
                 plans.push((volume.name.clone(), plan));
                 continue;
             };
@@ -451,6 +475,9 @@ impl VolumeManager {
     pub async fn cleanup(&self, pod_uid: &str) -> Result<(), VolumeError> {
         let pod_dir = self.pod_dir(pod_uid)?;
         lock(&self.claims).remove(pod_uid);
+        if let Some(tokens) = &self.tokens {
+            tokens.forget_pod(pod_uid);
+        }
         let mounter = Arc::clone(&self.mounter);
         run_blocking(move || remove_pod_dir(&pod_dir, mounter.as_ref())).await
     }
@@ -633,6 +660,7 @@ async fn plan(
     volume: &Volume,
     objects: &dyn ObjectSource,
     node: &NodeAllocatable,
+    tokens: Option<&TokenManager>,
 ) -> Result<Plan, VolumeError> {
     let set_up = |source| VolumeError::SetUp {
         volume: volume.name.clone(),
@@ -714,16 +742,9 @@ async fn plan(
     }
     if let Some(source) = &volume.projected {
         let sources = source.sources.as_deref().unwrap_or_default();
-        let payload = projected(
-            pod,
-            &volume.name,
-            sources,
-            source.default_mode,
-            objects,
-            node,
-        )
-        .await
-        .map_err(set_up)?;
+        let payload = projected(pod, sources, source.default_mode, objects, node, tokens)
+            .await
+            .map_err(set_up)?;
         return Ok(Plan::Files {
             plugin: PROJECTED,
             tmpfs: true,
@@ -773,11 +794,11 @@ async fn fetch_secret(
 /// map the same way). Errors of all sources are reported together.
 async fn projected(
     pod: &Pod,
-    volume: &str,
     sources: &[k8s_openapi::api::core::v1::VolumeProjection],
     default_mode: Option<i32>,
     objects: &dyn ObjectSource,
     node: &NodeAllocatable,
+    tokens: Option<&TokenManager>,
 ) -> Result<Payload, SetUpError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut files = Payload::new();
@@ -809,14 +830,8 @@ async fn projected(
                 default_mode,
                 node,
             )
-        } else if let Some(token) = &source.service_account_token {
-            tracing::warn!(
-                pod = ?pod.metadata.name,
-                volume,
-                path = %token.path,
-                "serviceAccountToken projections are not served yet; skipping"
-            );
-            continue;
+        } else if let Some(src) = &source.service_account_token {
+            service_account_token(pod, src, default_mode, tokens).await
         } else if source.cluster_trust_bundle.is_some() {
             Err(SetUpError::UnsupportedProjection("clusterTrustBundle"))
         } else if source.pod_certificate.is_some() {
@@ -830,6 +845,63 @@ async fn projected(
         }
     }
     SetUpError::aggregate(errors).map_or(Ok(files), Err)
+}
+
+/// The token file of a `serviceAccountToken` projection. Its mode is the
+/// volume's, but 0600 when the pod has an `fsGroup` or one user for all
+/// its containers (the owner then), so that only the pod reads it.
+async fn service_account_token(
+    pod: &Pod,
+    source: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    default_mode: Option<i32>,
+    tokens: Option<&TokenManager>,
+) -> Result<Payload, SetUpError> {
+    let tokens = tokens.ok_or(TokenError::Standalone)?;
+    let owner = fs_user(pod);
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group)
+        .is_some();
+    let mode = if owner.is_some() || fs_group {
+        0o600
+    } else {
+        payload::file_mode(None, default_mode)?
+    };
+    let token = tokens.token(&TokenKey::for_projection(pod, source)).await?;
+    let file = FileProjection {
+        data: token.into_bytes(),
+        mode,
+        owner,
+    };
+    Ok(Payload::from([(source.path.clone(), file)]))
+}
+
+/// The user every container of the pod runs as, if they all name the same
+/// one (their own `runAsUser`, else the pod's): upstream's `FsUser`, which
+/// owns the token files.
+fn fs_user(pod: &Pod) -> Option<u32> {
+    let spec = pod.spec.as_ref()?;
+    let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let ephemeral = spec.ephemeral_containers.iter().flatten();
+    let users = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| c.security_context.as_ref())
+        .chain(ephemeral.map(|c| c.security_context.as_ref()))
+        .map(|sc| sc.and_then(|sc| sc.run_as_user).or(pod_user));
+    let mut common = None;
+    for user in users {
+        let user = user?;
+        if common.is_some_and(|c| c != user) {
+            return None;
+        }
+        common = Some(user);
+    }
+    common.and_then(|u| u32::try_from(u).ok())
 }
 
 /// The size of a memory-backed `emptyDir`, as upstream sizes it: the node's
@@ -1576,7 +1648,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn projected_volume_merges_sources_and_skips_tokens() {
+    async fn projected_volume_merges_sources() {
         let f = fixture();
         let objects = StaticObjects::default()
             .with_config_map(config_map(json!({"app.conf": "cfg"})))
@@ -1586,7 +1658,6 @@ mod tests {
                 {"configMap": {"name": "cfg"}},
                 {"secret": {"name": "creds", "items": [{"key": "token", "path": "creds/token"}]}},
                 {"downwardAPI": {"items": [{"path": "podname", "fieldRef": {"fieldPath": "metadata.name"}}]}},
-                {"serviceAccountToken": {"path": "sa-token"}},
                 {"secret": {"name": "absent", "optional": true}},
             ]}}]),
             json!([]),
@@ -1608,7 +1679,6 @@ mod tests {
             fs::read_to_string(dir.join("podname")).expect("name"),
             "web"
         );
-        assert!(!dir.join("sa-token").exists());
         assert_eq!(mode(&dir.join("app.conf")), 0o440);
         assert_eq!(f.mounter.mounted(), [dir]);
 

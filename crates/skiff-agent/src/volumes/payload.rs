@@ -98,7 +98,14 @@ fn keyed<'a>(
             let mode = file_mode(None, default_mode)?;
             for key in keys() {
                 if let Some(data) = lookup(key) {
-                    payload.insert(key.to_string(), FileProjection { data, mode });
+                    payload.insert(
+                        key.to_string(),
+                        FileProjection {
+                            data,
+                            mode,
+                            owner: None,
+                        },
+                    );
                 }
             }
         }
@@ -111,7 +118,14 @@ fn keyed<'a>(
                     return Err(missing(item.key.clone()));
                 };
                 let mode = file_mode(item.mode, default_mode)?;
-                payload.insert(item.path.clone(), FileProjection { data, mode });
+                payload.insert(
+                    item.path.clone(),
+                    FileProjection {
+                        data,
+                        mode,
+                        owner: None,
+                    },
+                );
             }
         }
     }
@@ -132,7 +146,14 @@ pub fn downward(
         match downward_value(pod, item, node) {
             Ok(value) => {
                 let data = value.into_bytes();
-                payload.insert(item.path.clone(), FileProjection { data, mode });
+                payload.insert(
+                    item.path.clone(),
+                    FileProjection {
+                        data,
+                        mode,
+                        owner: None,
+                    },
+                );
             }
             Err(e) => errors.push(e),
         }

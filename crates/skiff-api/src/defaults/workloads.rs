@@ -119,6 +119,20 @@ pub(crate) fn job(obj: &mut Value) {
     set_if_absent(spec, "completionMode", json!("NonIndexed"));
     set_if_absent(spec, "suspend", json!(false));
     let failure_policy = spec.get("podFailurePolicy").is_some_and(|v| !v.is_null());
+    // A pod condition pattern without a status matches a True condition.
+    let patterns = spec
+        .get_mut("podFailurePolicy")
+        .and_then(|p| p.get_mut("rules"))
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter_map(|rule| rule.get_mut("onPodConditions"))
+        .filter_map(Value::as_array_mut)
+        .flatten()
+        .filter_map(Value::as_object_mut);
+    for pattern in patterns {
+        set_if_absent(pattern, "status", json!("True"));
+    }
     set_if_absent(
         spec,
         "podReplacementPolicy",
@@ -239,10 +253,17 @@ mod tests {
         assert_eq!(s["podReplacementPolicy"], "TerminatingOrFailed");
         assert_eq!(j["metadata"]["labels"], json!({"a": "b"}));
 
-        let mut p = json!({"spec": {"parallelism": 3, "podFailurePolicy": {"rules": []}}});
+        let mut p = json!({"spec": {"parallelism": 3, "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}, {"type": "X", "status": "False"}]},
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [1]}}
+        ]}}});
         job(&mut p);
         assert!(p["spec"].get("completions").is_none());
         assert_eq!(p["spec"]["podReplacementPolicy"], "Failed");
+        assert_eq!(
+            p["spec"]["podFailurePolicy"]["rules"][0]["onPodConditions"],
+            json!([{"type": "DisruptionTarget", "status": "True"}, {"type": "X", "status": "False"}])
+        );
     }
 
     #[test]

@@ -4,12 +4,14 @@ use serde_json::Value;
 
 use super::apps::{validate_selector_for_template, validate_selector_matches_template};
 use super::field::{
-    Path, arr_of, bool_of, get, has, immutable, int_of, invalid, non_negative, not_supported,
-    one_of, required, str_of,
+    Path, bool_of, get, has, immutable, int_of, invalid, non_negative, not_supported, one_of,
+    required, str_of,
 };
 use super::meta::validate_label_selector;
 use super::pod::validate_pod_template;
 use crate::registry::FieldError;
+
+mod policies;
 
 /// Upper bound on completions and parallelism of Indexed jobs.
 const MAX_INDEXED_COMPLETIONS: i64 = 100_000;
@@ -67,18 +69,8 @@ fn validate_job_spec_common(errs: &mut Vec<FieldError>, spec: &Value, sp: &Path)
         sp,
         &["TerminatingOrFailed", "Failed"],
     );
-    for (i, rule) in arr_of(get(spec, "podFailurePolicy"), "rules")
-        .iter()
-        .enumerate()
-    {
-        let rp = sp.child("podFailurePolicy").child("rules").index(i);
-        const ACTIONS: &[&str] = &["Count", "FailIndex", "FailJob", "Ignore"];
-        match str_of(rule, "action") {
-            "" => errs.push(required(&rp.child("action"), "")),
-            a if !ACTIONS.contains(&a) => errs.push(not_supported(&rp.child("action"), a, ACTIONS)),
-            _ => {}
-        }
-    }
+    policies::validate_pod_failure_policy(errs, spec, sp);
+    policies::validate_success_policy(errs, spec, sp);
 
     let template = get(spec, "template");
     let tp = sp.child("template");

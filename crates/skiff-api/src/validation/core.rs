@@ -14,8 +14,10 @@ use super::names::{
     label_value_errors, port_num_errors, qualified_name_errors,
 };
 use super::pod::{
-    non_negative_quantity, validate_pod_spec, validate_pod_spec_update, validate_port_num_or_name,
+    non_negative_quantity, same_quantity, same_resources, validate_pod_spec,
+    validate_pod_spec_update, validate_port_num_or_name,
 };
+use crate::quantity::Quantity;
 use crate::registry::FieldError;
 
 /// Largest total size of a ConfigMap's or Secret's data.
@@ -28,6 +30,236 @@ pub(crate) fn validate_pod(errs: &mut Vec<FieldError>, obj: &Value, old: Option<
     validate_pod_spec(errs, spec, &Path::new("spec"));
     if let Some(old) = old {
         validate_pod_spec_update(errs, spec, get(old, "spec"));
+    }
+}
+
+/// The annotation that marks a static pod's mirror.
+const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The message for a resize that touches anything but cpu and memory.
+const RESIZE_ONLY_CPU_MEMORY: &str = "only cpu and memory resources are mutable";
+
+/// A write to `pods/resize`: `obj` is the stored pod with the new containers'
+/// `resources` and `resizePolicy` copied in (upstream's `ValidatePodResize`).
+/// Metadata was checked by the caller.
+pub(crate) fn validate_pod_resize(errs: &mut Vec<FieldError>, obj: &Value, old: &Value) {
+    let spec = get(obj, "spec");
+    let old_spec = get(old, "spec");
+    let mut own = Vec::new();
+    validate_pod_spec(&mut own, spec, &Path::new("spec"));
+    let root = Path::default();
+    let pod_level = |s: &Value| {
+        let r = get(s, "resources");
+        !map_of(r, "requests").is_empty() || !map_of(r, "limits").is_empty()
+    };
+    if pod_level(spec) || pod_level(old_spec) {
+        errs.push(forbidden(
+            &root,
+            "pods with pod-level resources cannot be resized",
+        ));
+        return;
+    }
+    if map_of(get(old, "metadata"), "annotations").contains_key(MIRROR_POD_ANNOTATION) {
+        errs.push(forbidden(&root, "static pods cannot be resized"));
+        return;
+    }
+    if str_of(get(old_spec, "os"), "name") == "windows" {
+        errs.push(forbidden(&root, "windows pods cannot be resized"));
+        return;
+    }
+    errs.append(&mut own);
+    let path = Path::new("spec");
+    let old_qos = match str_of(get(old, "status"), "qosClass") {
+        "" => pod_qos_class(old_spec),
+        stored => stored,
+    };
+    if old_qos != pod_qos_class(spec) {
+        errs.push(invalid(
+            &path,
+            str_of(get(obj, "status"), "qosClass"),
+            "Pod QOS Class may not change as a result of resizing",
+        ));
+    }
+    if !resize_supported(old) {
+        errs.push(forbidden(
+            &path,
+            "Pod running on node without support for resize",
+        ));
+    }
+    let (new_inits, old_inits) = (
+        arr_of(spec, "initContainers"),
+        arr_of(old_spec, "initContainers"),
+    );
+    let (new_apps, old_apps) = (arr_of(spec, "containers"), arr_of(old_spec, "containers"));
+    if new_inits.len() != old_inits.len() || new_apps.len() != old_apps.len() {
+        errs.push(forbidden(&path, RESIZE_ONLY_CPU_MEMORY));
+        return;
+    }
+    for (i, (new_c, old_c)) in new_inits.iter().zip(old_inits).enumerate() {
+        if str_of(old_c, "restartPolicy") == "Always" {
+            let p = path.child("initContainers").index(i).child("resources");
+            validate_container_resize(errs, new_c, old_c, &p);
+        }
+    }
+    for (i, (new_c, old_c)) in new_apps.iter().zip(old_apps).enumerate() {
+        let p = path.child("containers").index(i).child("resources");
+        validate_container_resize(errs, new_c, old_c, &p);
+    }
+    let mut munged = spec.clone();
+    if let Some(list) = munged.get_mut("containers").and_then(Value::as_array_mut) {
+        for (c, old_c) in list.iter_mut().zip(old_apps) {
+            keep_old_cpu_memory(c, old_c);
+            if !same(c, old_c) {
+                errs.push(forbidden(&path, RESIZE_ONLY_CPU_MEMORY));
+            }
+        }
+    }
+    if let Some(list) = munged
+        .get_mut("initContainers")
+        .and_then(Value::as_array_mut)
+    {
+        for (c, old_c) in list.iter_mut().zip(old_inits) {
+            if str_of(c, "restartPolicy") == "Always" {
+                keep_old_cpu_memory(c, old_c);
+                if !same(c, old_c) {
+                    errs.push(forbidden(
+                        &path,
+                        "only cpu and memory resources for sidecar containers are mutable",
+                    ));
+                }
+            } else if !same(c, old_c) {
+                errs.push(forbidden(
+                    &path,
+                    "resources for non-sidecar init containers are immutable",
+                ));
+            }
+            // Compared once above; the whole-spec check below is about the rest.
+            *c = old_c.clone();
+        }
+    }
+    if errs.is_empty() && !same(&munged, old_spec) {
+        errs.push(forbidden(&path, RESIZE_ONLY_CPU_MEMORY));
+    }
+}
+
+/// Upstream refuses resizes of pods on nodes that predate in-place resize:
+/// a running container whose status reports no `resources`. A pod with no
+/// running container is assumed to be on a capable node.
+fn resize_supported(pod: &Value) -> bool {
+    arr_of(get(pod, "status"), "containerStatuses")
+        .iter()
+        .find(|s| get(get(s, "state"), "running").is_object())
+        .is_none_or(|s| get(s, "resources").is_object())
+}
+
+/// The rules for one container's new `resources`: nothing removed, and a
+/// memory limit only lowered (or added) when memory changes restart the
+/// container.
+fn validate_container_resize(errs: &mut Vec<FieldError>, new: &Value, old: &Value, path: &Path) {
+    let (new_res, old_res) = (get(new, "resources"), get(old, "resources"));
+    let removed = |key: &str| {
+        let now = map_of(new_res, key);
+        map_of(old_res, key).keys().any(|k| !now.contains_key(k))
+    };
+    if removed("requests") {
+        errs.push(forbidden(
+            &path.child("requests"),
+            "resource requests cannot be removed",
+        ));
+    }
+    if removed("limits") {
+        errs.push(forbidden(
+            &path.child("limits"),
+            "resource limits cannot be removed",
+        ));
+    }
+    let memory_policy = arr_of(new, "resizePolicy")
+        .iter()
+        .find(|p| str_of(p, "resourceName") == "memory")
+        .map_or("", |p| str_of(p, "restartPolicy"));
+    if !matches!(memory_policy, "" | "NotRequired") {
+        return;
+    }
+    let parse = |res: &Value| {
+        get(get(res, "limits"), "memory")
+            .as_str()
+            .and_then(|q| q.parse::<Quantity>().ok())
+    };
+    let limit_path = path.child("limits").key("memory");
+    let has_old = !get(get(old_res, "limits"), "memory").is_null();
+    match (parse(new_res), parse(old_res)) {
+        (Some(new_limit), Some(old_limit)) if new_limit < old_limit => {
+            errs.push(forbidden(
+                &limit_path,
+                "memory limits cannot be decreased unless resizePolicy is RestartContainer",
+            ));
+        }
+        (Some(_), None) if !has_old => errs.push(forbidden(
+            &limit_path,
+            "memory limits cannot be added unless resizePolicy is RestartContainer",
+        )),
+        _ => {}
+    }
+}
+
+/// Puts the old container's cpu and memory amounts into `c`'s resources (and
+/// drops its new ones), so that what is left to compare is everything a
+/// resize may not change.
+fn keep_old_cpu_memory(c: &mut Value, old: &Value) {
+    let old_res = get(old, "resources");
+    let mut res = get(c, "resources").clone();
+    for key in ["limits", "requests"] {
+        let old_list = map_of(old_res, key);
+        if get(old_res, key).is_null() {
+            if let Some(m) = res.as_object_mut() {
+                m.remove(key);
+            }
+            continue;
+        }
+        let mut list = map_of(&res, key).clone();
+        for name in ["cpu", "memory"] {
+            match old_list.get(name) {
+                Some(q) => list.insert(name.to_string(), q.clone()),
+                None => list.remove(name),
+            };
+        }
+        res[key] = Value::Object(list);
+    }
+    if same_resources(&res, old_res) {
+        res = old_res.clone();
+    }
+    c["resources"] = res;
+}
+
+/// A pod's QoS class from its spec (upstream's `ComputePodQOS`): only cpu and
+/// memory count, zero requests do not.
+pub(crate) fn pod_qos_class(spec: &Value) -> &'static str {
+    let containers = arr_of(spec, "containers")
+        .iter()
+        .chain(arr_of(spec, "initContainers"));
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in containers {
+        let res = get(c, "resources");
+        let (requests, limits) = (map_of(res, "requests"), map_of(res, "limits"));
+        for name in ["cpu", "memory"] {
+            let positive = |q: &Value| {
+                q.as_str()
+                    .and_then(|s| s.parse::<Quantity>().ok())
+                    .is_some_and(|q| !q.is_zero() && !q.is_negative())
+            };
+            let request = requests.get(name).filter(|q| positive(q));
+            let limit = limits.get(name);
+            any |= request.is_some() || limit.is_some();
+            match (request, limit) {
+                (Some(r), Some(l)) if same_quantity(r, l) => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 

@@ -1270,21 +1270,46 @@ fn validate_topology_spread(errs: &mut Vec<FieldError>, constraints: &[Value], p
 const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
 
 /// Rules for updating a pod's spec: only images, a shorter deadline, added
-/// tolerations, removed scheduling gates and a few more may change.
+/// tolerations, removed scheduling gates and a few more may change. Container
+/// resources change only through the `resize` subresource
+/// ([`super::core::validate_pod_resize`]).
 pub(crate) fn validate_pod_spec_update(errs: &mut Vec<FieldError>, new: &Value, old: &Value) {
     let path = Path::new("spec");
+    for key in ["containers", "initContainers"] {
+        let (new_list, old_list) = (arr_of(new, key), arr_of(old, key));
+        // Images (required, no surrounding blanks) are checked as on create.
+        if new_list.len() != old_list.len() {
+            errs.push(forbidden(
+                &path.child(key),
+                "pod updates may not add or remove containers",
+            ));
+            return;
+        }
+    }
     let new_ads = int_of(new, "activeDeadlineSeconds");
     let old_ads = int_of(old, "activeDeadlineSeconds");
+    let ads_path = path.child("activeDeadlineSeconds");
     match (old_ads, new_ads) {
+        (_, Some(n)) if !(0..=i64::from(i32::MAX)).contains(&n) => {
+            errs.push(invalid(
+                &ads_path,
+                n,
+                &format!("must be between 0 and {}, inclusive", i32::MAX),
+            ));
+            return;
+        }
+        (Some(o), Some(n)) if n > o => {
+            errs.push(invalid(
+                &ads_path,
+                n,
+                "must be less than or equal to previous value",
+            ));
+            return;
+        }
         (Some(_), None) => errs.push(invalid(
-            &path.child("activeDeadlineSeconds"),
+            &ads_path,
             &Value::Null,
             "must not update from a positive integer to nil value",
-        )),
-        (Some(o), Some(n)) if n > o => errs.push(invalid(
-            &path.child("activeDeadlineSeconds"),
-            n,
-            "must be less than or equal to previous value",
         )),
         _ => {}
     }
@@ -1328,7 +1353,9 @@ pub(crate) fn validate_pod_spec_update(errs: &mut Vec<FieldError>, new: &Value, 
     }
 }
 
-/// Overwrites, in `spec`, the fields a pod update may change with their old values.
+/// Overwrites, in `spec`, the fields a pod update may change with their old
+/// values. Container resources count as unchanged when they are equal as
+/// quantities (`500m` and `0.5`), as upstream compares them semantically.
 fn neutralize_mutable(spec: &mut Value, old: &Value) {
     let Some(obj) = spec.as_object_mut() else {
         return;
@@ -1360,14 +1387,51 @@ fn neutralize_mutable(spec: &mut Value, old: &Value) {
         obj.remove("affinity");
     }
     for key in ["containers", "initContainers"] {
+        let old_list = arr_of(old, key);
         if let Some(list) = obj.get_mut(key).and_then(Value::as_array_mut) {
-            for c in list.iter_mut().filter_map(Value::as_object_mut) {
+            for (i, c) in list.iter_mut().enumerate() {
+                let old_resources = old_list.get(i).map(|o| get(o, "resources"));
+                let Some(c) = c.as_object_mut() else {
+                    continue;
+                };
                 c.remove("image");
-                // Resources change only through the `resize` subresource, which the
-                // server validates separately.
-                c.remove("resources");
+                if let Some(old_resources) = old_resources
+                    && same_resources(c.get("resources").unwrap_or(&Value::Null), old_resources)
+                {
+                    c.insert("resources".into(), old_resources.clone());
+                }
             }
         }
+    }
+}
+
+/// Whether two `ResourceRequirements` are equal, comparing quantities by
+/// value (an absent map equals an empty one).
+pub(crate) fn same_resources(a: &Value, b: &Value) -> bool {
+    let same_list = |key: &str| {
+        let (x, y) = (map_of(a, key), map_of(b, key));
+        x.len() == y.len()
+            && x.iter()
+                .all(|(name, q)| y.get(name).is_some_and(|other| same_quantity(q, other)))
+    };
+    let rest = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("limits");
+            m.remove("requests");
+        }
+        v
+    };
+    same_list("limits") && same_list("requests") && same(&rest(a), &rest(b))
+}
+
+/// Whether two quantities in JSON are equal by value (by text when either
+/// does not parse).
+pub(crate) fn same_quantity(a: &Value, b: &Value) -> bool {
+    let parse = |v: &Value| v.as_str().and_then(|s| s.parse::<Quantity>().ok());
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 
@@ -1593,11 +1657,21 @@ mod tests {
         let mut bad = old.clone();
         bad["containers"][0]["ports"][0]["containerPort"] = json!(81);
         bad["tolerations"] = json!([]);
-        bad["activeDeadlineSeconds"] = json!(200);
         let mut errs = Vec::new();
         validate_pod_spec_update(&mut errs, &bad, &old);
         let f = lines(&errs);
-        assert_eq!(f.len(), 3, "{f:?}");
-        assert_eq!(f[2], format!("spec: Forbidden: {POD_UPDATE_FORBIDDEN}"));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[1], format!("spec: Forbidden: {POD_UPDATE_FORBIDDEN}"));
+
+        // A longer deadline is reported alone, as upstream stops there.
+        bad["activeDeadlineSeconds"] = json!(200);
+        let mut errs = Vec::new();
+        validate_pod_spec_update(&mut errs, &bad, &old);
+        assert_eq!(
+            lines(&errs),
+            [
+                "spec.activeDeadlineSeconds: Invalid value: 200: must be less than or equal to previous value"
+            ]
+        );
     }
 }

@@ -469,6 +469,7 @@ fn validate_pvc_update(errs: &mut Vec<FieldError>, obj: &Value, old: &Value) {
     }
     let old_attributes = old_spec.get("volumeAttributesClassName");
     set(&mut new_masked, "volumeAttributesClassName", old_attributes);
+    same_quantities_as(&mut new_masked, &old_masked);
 
     if !same(&new_masked, &old_masked) {
         errs.push(forbidden(
@@ -514,6 +515,30 @@ fn validate_pvc_update(errs: &mut Vec<FieldError>, obj: &Value, old: &Value) {
                 "update from non-nil value to an empty string is forbidden",
             )),
             Some(_) => {}
+        }
+    }
+}
+
+/// Spells each quantity of `spec`'s resource requests and limits as `old`
+/// does where the two are equal in value, so that `1Gi` and `1024Mi` are no
+/// change (upstream compares quantities by value).
+fn same_quantities_as(spec: &mut Value, old: &Value) {
+    for list in ["requests", "limits"] {
+        let Some(entries) = spec
+            .get_mut("resources")
+            .and_then(|r| r.get_mut(list))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        for (name, value) in entries.iter_mut() {
+            let was = get(get(get(old, "resources"), list), name);
+            let parse = |v: &Value| v.as_str().and_then(|s| s.parse::<Quantity>().ok());
+            if let (Some(is), Some(was_q)) = (parse(value), parse(was))
+                && is == was_q
+            {
+                *value = was.clone();
+            }
         }
     }
 }

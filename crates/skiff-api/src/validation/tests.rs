@@ -545,3 +545,190 @@ fn garbage_input_never_panics() {
         }
     }
 }
+
+/// A defaulted, stored pod with one Burstable container `c` (and, when
+/// `init` is set, a regular init container `i` and a sidecar `s`).
+fn resizable_pod(init: bool) -> Value {
+    let resources = json!({"requests": {"cpu": "100m", "memory": "64Mi"},
+                           "limits": {"cpu": "200m", "memory": "128Mi"}});
+    let mut spec =
+        json!({"containers": [{"name": "c", "image": "busybox", "resources": resources}]});
+    if init {
+        spec["initContainers"] = json!([
+            {"name": "i", "image": "busybox", "resources": resources},
+            {"name": "s", "image": "busybox", "restartPolicy": "Always", "resources": resources}
+        ]);
+    }
+    let mut pod = defaulted(
+        "",
+        "Pod",
+        json!({"metadata": {"name": "p", "namespace": "default", "uid": "u"}, "spec": spec}),
+    );
+    pod["status"] = json!({"qosClass": "Burstable"});
+    pod
+}
+
+fn resize_lines(new: &Value, old: &Value) -> Vec<String> {
+    super::field::testing::lines(&super::validate_update("", "Pod", Some("resize"), new, old))
+}
+
+#[test]
+fn pod_updates_may_not_change_resources() {
+    let old = resizable_pod(false);
+    let mut new = old.clone();
+    // The same amounts in other notations are no change.
+    new["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("0.2");
+    new["spec"]["containers"][0]["resources"]["requests"]["memory"] = json!("67108864");
+    assert!(validate("", "Pod", &new, Some(&old)).is_empty());
+    new["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("300m");
+    let errs = validate("", "Pod", &new, Some(&old));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "spec");
+    assert_eq!(
+        errs[0].message,
+        "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,\
+         `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` \
+         (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` \
+         (allow it to be set to 1 if it was previously negative)"
+    );
+    // Through `resize` the same change is fine.
+    assert!(resize_lines(&new, &old).is_empty());
+}
+
+#[test]
+fn pod_updates_may_not_add_containers() {
+    let old = resizable_pod(false);
+    let mut added = old.clone();
+    let extra = added["spec"]["containers"][0].clone();
+    added["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(json!({"name": "d", "image": extra["image"]}));
+    let lines = super::field::testing::lines(&validate("", "Pod", &added, Some(&old)));
+    assert!(
+        lines.contains(
+            &"spec.containers: Forbidden: pod updates may not add or remove containers".to_string()
+        ),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn resize_allows_cpu_and_memory_within_the_qos_class() {
+    let old = resizable_pod(true);
+    let mut new = old.clone();
+    new["spec"]["containers"][0]["resources"] = json!({
+        "requests": {"cpu": "300m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}});
+    new["spec"]["initContainers"][1]["resources"]["requests"]["cpu"] = json!("150m");
+    assert!(
+        resize_lines(&new, &old).is_empty(),
+        "{:?}",
+        resize_lines(&new, &old)
+    );
+
+    // Requests above limits are refused as on create.
+    let mut over = old.clone();
+    over["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("500m");
+    assert_eq!(
+        resize_lines(&over, &old),
+        [
+            "spec.containers[0].resources.requests[cpu]: Invalid value: \"500m\": must be less than or equal to cpu limit of 200m"
+        ]
+    );
+
+    // Burstable to Guaranteed changes the QoS class.
+    let mut guaranteed = old.clone();
+    guaranteed["spec"]["containers"][0]["resources"] = json!({
+        "requests": {"cpu": "200m", "memory": "128Mi"}, "limits": {"cpu": "200m", "memory": "128Mi"}});
+    guaranteed["spec"]["initContainers"] = json!(null);
+    let mut old_single = resizable_pod(false);
+    old_single["status"]["qosClass"] = json!("Burstable");
+    assert_eq!(
+        resize_lines(&guaranteed, &old_single),
+        [
+            "spec: Invalid value: \"Burstable\": Pod QOS Class may not change as a result of resizing"
+        ]
+    );
+}
+
+#[test]
+fn resize_refuses_what_only_a_restart_could_do() {
+    let old = resizable_pod(true);
+    let memory_limit = "spec.containers[0].resources.limits[memory]";
+
+    let mut lower = old.clone();
+    lower["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("100Mi");
+    assert_eq!(
+        resize_lines(&lower, &old),
+        [format!(
+            "{memory_limit}: Forbidden: memory limits cannot be decreased unless resizePolicy is RestartContainer"
+        )]
+    );
+    // Allowed once memory changes restart the container.
+    let restart = json!([{"resourceName": "memory", "restartPolicy": "RestartContainer"}]);
+    let mut old_restart = old.clone();
+    old_restart["spec"]["containers"][0]["resizePolicy"] = restart.clone();
+    lower["spec"]["containers"][0]["resizePolicy"] = restart;
+    assert!(resize_lines(&lower, &old_restart).is_empty());
+
+    let mut removed = old.clone();
+    removed["spec"]["containers"][0]["resources"]["requests"]
+        .as_object_mut()
+        .expect("requests")
+        .remove("memory");
+    assert!(
+        resize_lines(&removed, &old)
+            .contains(&"spec.containers[0].resources.requests: Forbidden: resource requests cannot be removed".to_string())
+    );
+
+    let mut storage = old.clone();
+    storage["spec"]["containers"][0]["resources"]["limits"]["ephemeral-storage"] = json!("1Gi");
+    assert_eq!(
+        resize_lines(&storage, &old),
+        ["spec: Forbidden: only cpu and memory resources are mutable"]
+    );
+
+    let mut init = old.clone();
+    init["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] = json!("150m");
+    assert_eq!(
+        resize_lines(&init, &old),
+        ["spec: Forbidden: resources for non-sidecar init containers are immutable"]
+    );
+
+    let mut image = old.clone();
+    image["spec"]["containers"][0]["image"] = json!("nginx");
+    assert_eq!(
+        resize_lines(&image, &old),
+        ["spec: Forbidden: only cpu and memory resources are mutable"]
+    );
+}
+
+#[test]
+fn resize_refuses_static_pods_and_nodes_without_support() {
+    let old = resizable_pod(false);
+    let mut new = old.clone();
+    new["spec"]["containers"][0]["resources"]["requests"]["cpu"] = json!("150m");
+
+    let mut running = old.clone();
+    running["status"]["containerStatuses"] = json!([{"name": "c", "state": {"running": {}}, "image": "busybox", "imageID": "",
+                "ready": true, "restartCount": 0}]);
+    let mut new_running = new.clone();
+    new_running["status"] = running["status"].clone();
+    assert_eq!(
+        resize_lines(&new_running, &running),
+        ["spec: Forbidden: Pod running on node without support for resize"]
+    );
+    running["status"]["containerStatuses"][0]["resources"] =
+        old["spec"]["containers"][0]["resources"].clone();
+    new_running["status"] = running["status"].clone();
+    assert!(resize_lines(&new_running, &running).is_empty());
+
+    let mut mirror = old.clone();
+    mirror["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "x"});
+    let mut new_mirror = new.clone();
+    new_mirror["metadata"]["annotations"] = mirror["metadata"]["annotations"].clone();
+    assert_eq!(
+        resize_lines(&new_mirror, &mirror),
+        [": Forbidden: static pods cannot be resized"]
+    );
+}

@@ -1,7 +1,13 @@
 //! LimitRanger: the namespace's LimitRanges fill in the requests and limits a
 //! new pod's containers leave out (`default`, `defaultRequest`), then bound
-//! every container, the pod as a whole, and each new claim's storage (`min`,
+//! every container, the pod as a whole, and each claim's storage (`min`,
 //! `max`, `maxLimitRequestRatio`). Messages are upstream's.
+//!
+//! Claims are bounded on update too, as upstream does, but only in what the
+//! update changes: a request the stored claim already holds (the same
+//! quantity, however spelled) is not checked again. So a LimitRange created
+//! after a claim does not lock the claim against every later write (labels,
+//! the binder's annotations), while growing it past `max` is refused.
 
 use std::collections::BTreeSet;
 
@@ -121,12 +127,23 @@ pub fn validate_pod(limit_range: &Value, pod: &Value) -> Vec<String> {
 }
 
 /// The violations of one LimitRange by a claim: its requested storage
-/// against PersistentVolumeClaim `min` and `max`.
-pub fn validate_pvc(limit_range: &Value, pvc: &Value) -> Vec<String> {
+/// against PersistentVolumeClaim `min` and `max`. On update, `old` is the
+/// stored claim, and a request it holds unchanged is skipped.
+pub fn validate_pvc(limit_range: &Value, pvc: &Value, old: Option<&Value>) -> Vec<String> {
     let requests = parse_list(&pvc["spec"]["resources"]["requests"]);
+    let old_requests = old.map(|old| parse_list(&old["spec"]["resources"]["requests"]));
+    let unchanged = |resource: &str| {
+        old_requests
+            .as_ref()
+            .and_then(|old| old.get(resource))
+            .is_some_and(|was| requests.get(resource) == Some(was))
+    };
     let mut errors = Vec::new();
     for item in items(limit_range, "PersistentVolumeClaim") {
         for (resource, enforced) in parse_list(&item["min"]) {
+            if unchanged(&resource) {
+                continue;
+            }
             errors.extend(min_constraint(
                 "PersistentVolumeClaim",
                 &resource,
@@ -136,6 +153,9 @@ pub fn validate_pvc(limit_range: &Value, pvc: &Value) -> Vec<String> {
             ));
         }
         for (resource, enforced) in parse_list(&item["max"]) {
+            if unchanged(&resource) {
+                continue;
+            }
             let kind = "PersistentVolumeClaim";
             errors.extend(match requests.get(&resource) {
                 None => Some(format!(
@@ -358,13 +378,50 @@ cpu, memory request for init container setup; cpu, memory limit for init contain
             "min": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}]));
         let pvc = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
         assert_eq!(
-            validate_pvc(&lr, &pvc("20Gi")),
+            validate_pvc(&lr, &pvc("20Gi"), None),
             ["maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 20Gi"]
         );
         assert_eq!(
-            validate_pvc(&lr, &pvc("500Mi")),
+            validate_pvc(&lr, &pvc("500Mi"), None),
             ["minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 500Mi"]
         );
-        assert!(validate_pvc(&lr, &pvc("5Gi")).is_empty());
+        assert!(validate_pvc(&lr, &pvc("5Gi"), None).is_empty());
+    }
+
+    #[test]
+    fn claim_updates_are_bounded_only_in_what_they_change() {
+        let lr = limit_range(json!([{"type": "PersistentVolumeClaim",
+            "min": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}]));
+        let pvc = |s: &str| json!({"spec": {"resources": {"requests": {"storage": s}}}});
+        // Stored before the range existed: writes that keep the request pass,
+        // however the same quantity is spelled.
+        let big = pvc("20Gi");
+        assert!(validate_pvc(&lr, &big, Some(&big)).is_empty());
+        assert!(validate_pvc(&lr, &pvc("20480Mi"), Some(&big)).is_empty());
+        let small = pvc("500Mi");
+        assert!(validate_pvc(&lr, &small, Some(&small)).is_empty());
+        // Growing is checked as on create.
+        assert_eq!(
+            validate_pvc(&lr, &pvc("12Gi"), Some(&pvc("5Gi"))),
+            ["maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 12Gi"]
+        );
+        assert_eq!(
+            validate_pvc(&lr, &pvc("25Gi"), Some(&big)),
+            ["maximum storage usage per PersistentVolumeClaim is 10Gi, but request is 25Gi"]
+        );
+        assert!(validate_pvc(&lr, &pvc("8Gi"), Some(&pvc("5Gi"))).is_empty());
+        assert_eq!(
+            validate_pvc(&lr, &pvc("800Mi"), Some(&small)),
+            ["minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 800Mi"]
+        );
+        // A request the stored claim did not have is new, so it is checked.
+        let none = json!({"spec": {"resources": {}}});
+        assert_eq!(
+            validate_pvc(&lr, &none, Some(&none)),
+            [
+                "minimum storage usage per PersistentVolumeClaim is 1Gi.  No request is specified",
+                "maximum storage usage per PersistentVolumeClaim is 10Gi.  No request is specified",
+            ]
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! The built-in admission plugins that depend on other objects: Priority,
-//! LimitRanger, ResourceQuota, DefaultStorageClass with
-//! StorageObjectInUseProtection ([`storage`]), and the PodDisruptionBudget
-//! check of pod eviction.
+//! LimitRanger, ServiceAccount ([`service_account`]), ResourceQuota,
+//! DefaultStorageClass with
+//! StorageObjectInUseProtection and PersistentVolumeClaimResize
+//! ([`storage`]), and the PodDisruptionBudget check of pod eviction.
 //!
 //! Defaulting and validation look at one object alone; these look at the
 //! namespace around it, so they run inside [`Rest::create`] at upstream's
 //! points: LimitRanger after defaulting and before validation (it fills in
 //! requests and limits that validation and quota then see), quota after
-//! validation, immediately before the store write.
+//! validation, immediately before the store write. On update,
+//! [`admit_update`] runs the validating ones (LimitRanger on claims, then
+//! PersistentVolumeClaimResize) after validation and before quota.
 //!
 //! The objects consulted (LimitRanges, ResourceQuotas, PodDisruptionBudgets)
 //! are read from the store, not the watch cache: a client that creates a
@@ -21,6 +24,7 @@ pub mod eviction;
 pub mod limit_range;
 pub mod priority;
 pub mod quota;
+pub mod service_account;
 pub mod storage;
 
 #[cfg(test)]
@@ -35,6 +39,18 @@ use crate::error::{ApiError, ApiResult};
 use crate::object;
 use crate::rest::{self, Rest};
 use crate::strategy;
+
+/// Plugins that can be switched off, as kube-apiserver's
+/// `--disable-admission-plugins`. [`Default`] has them off: that is what the
+/// in-process API of the tests runs, where no controller makes the
+/// `default` ServiceAccounts (upstream's integration tests likewise disable
+/// `ServiceAccount`); [`crate::run`] turns them on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Plugins {
+    /// `ServiceAccount`: default and check the pod's account, mount its
+    /// API access volume.
+    pub service_account: bool,
+}
 
 /// The served type `plural` of `group` (each group serves one version, `v1`).
 fn resource(group: &str, plural: &str) -> &'static ResourceType {
@@ -115,7 +131,7 @@ pub async fn limit_ranges(
         let errors = if is_pod {
             limit_range::validate_pod(range, obj)
         } else {
-            limit_range::validate_pvc(range, obj)
+            limit_range::validate_pvc(range, obj, None)
         };
         if !errors.is_empty() {
             return Err(ApiError::forbidden(
@@ -126,4 +142,35 @@ pub async fn limit_ranges(
         }
     }
     Ok(())
+}
+
+/// The validating plugins on an update of `rt` from `old` to `new` (the
+/// object as it will be stored), in upstream's order: LimitRanger bounds a
+/// claim's changed requests, then PersistentVolumeClaimResize checks growth
+/// against the claim's class. Each refusal is 403 Forbidden. Pods are not
+/// limited on update (their containers' resources do not change here), and
+/// an object being deleted is not limited, as upstream.
+pub async fn admit_update(
+    rest: &Rest,
+    rt: &'static ResourceType,
+    old: &Value,
+    new: &Value,
+) -> ApiResult<()> {
+    if (rt.group, rt.kind) != ("", "PersistentVolumeClaim") {
+        return Ok(());
+    }
+    if !object::is_deleting(old) {
+        let namespace = object::namespace(new);
+        for range in list_current(rest, resource("", "limitranges"), namespace).await? {
+            let errors = limit_range::validate_pvc(&range, new, Some(old));
+            if !errors.is_empty() {
+                return Err(ApiError::forbidden(
+                    rt,
+                    object::name(new),
+                    &limit_range::aggregate(&errors),
+                ));
+            }
+        }
+    }
+    storage::admit_update(rest, rt, old, new).await
 }

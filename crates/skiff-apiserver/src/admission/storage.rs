@@ -1,7 +1,9 @@
-//! The storage admission plugins on create: DefaultStorageClass gives a claim
-//! that names no class the cluster's default one, and
+//! The storage admission plugins. On create, DefaultStorageClass gives a
+//! claim that names no class the cluster's default one, and
 //! StorageObjectInUseProtection puts the protection finalizers on every new
-//! claim and volume.
+//! claim and volume. On update, PersistentVolumeClaimResize lets a claim ask
+//! for more storage only when it is bound and its class (the same before and
+//! after) has `allowVolumeExpansion: true` ([`admit_update`]).
 //!
 //! A claim "names no class" only when `spec.storageClassName` is absent (nil)
 //! and the legacy `volume.beta.kubernetes.io/storage-class` annotation is not
@@ -16,15 +18,24 @@
 //! The finalizers are removed by the protection controllers once no pod uses
 //! the claim and no claim is bound to the volume; until then deletion only
 //! marks the object as terminating.
+//!
+//! Validation runs first and already refuses any change to the spec of an
+//! unbound claim and any shrink to or below `status.capacity` (422); the
+//! resize plugin then refuses growth the class does not allow (403). A
+//! request lowered back towards the capacity, to recover from a failed
+//! expansion, is not growth and passes. Status writes never change the spec,
+//! so they never reach the resize check.
 
+use axum::http::StatusCode;
 use serde_json::{Value, json};
+use skiff_api::quantity::Quantity;
 use skiff_api::registry::ResourceType;
 use skiff_store::RangeRequest;
 
 use crate::cache::object_key;
 use crate::error::{ApiError, ApiResult};
 use crate::object;
-use crate::rest::{self, Rest};
+use crate::rest::{self, ObjectRef, Rest};
 
 /// Holds a claim while a pod uses it.
 pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
@@ -54,6 +65,100 @@ pub async fn admit(rest: &Rest, rt: &'static ResourceType, obj: &mut Value) -> A
         _ => {}
     }
     Ok(())
+}
+
+/// PersistentVolumeClaimResize on an update of `rt` from `old` to `new`:
+/// other types, and claims whose storage request does not grow, pass. The
+/// class is read from the store, so a class made expandable just before is
+/// honoured.
+pub async fn admit_update(
+    rest: &Rest,
+    rt: &'static ResourceType,
+    old: &Value,
+    new: &Value,
+) -> ApiResult<()> {
+    if (rt.group, rt.kind) != ("", "PersistentVolumeClaim") {
+        return Ok(());
+    }
+    let refusal = match expansion(old, new) {
+        Expansion::None => None,
+        Expansion::Refused(why) => Some(why),
+        Expansion::NeedsClass(name) => {
+            let classes = super::resource("storage.k8s.io", "storageclasses");
+            let at = ObjectRef {
+                rt: classes,
+                namespace: None,
+                name,
+            };
+            let expandable = match rest.get(at).await {
+                Ok(class) => allows_expansion(&class.object),
+                Err(e) if e.code == StatusCode::NOT_FOUND => false,
+                Err(e) => return Err(e),
+            };
+            (!expandable).then_some(RESIZE_UNSUPPORTED)
+        }
+    };
+    match refusal {
+        Some(why) => Err(ApiError::forbidden(rt, object::name(new), why)),
+        None => Ok(()),
+    }
+}
+
+/// Why growth of an unbound claim is refused.
+pub const RESIZE_UNBOUND: &str = "Only bound persistent volume claims can be expanded";
+/// Why growth is refused when the class does not allow it.
+pub const RESIZE_UNSUPPORTED: &str = "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
+
+/// What an update asks of the resize plugin, before the class is read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expansion<'a> {
+    /// The request does not grow.
+    None,
+    /// The request grows and this is why it may not.
+    Refused(&'static str),
+    /// The request of a bound claim grows: allowed if this class is
+    /// expandable.
+    NeedsClass(&'a str),
+}
+
+/// Whether the claim's storage request grows from `old` to `new`, and if so
+/// what decides it: the claim must be bound (in the stored object) and name
+/// the same non-empty class before and after.
+pub fn expansion<'a>(old: &Value, new: &'a Value) -> Expansion<'a> {
+    let request = |claim: &Value| -> Option<Quantity> {
+        claim
+            .pointer("/spec/resources/requests/storage")
+            .and_then(Value::as_str)
+            .and_then(|s| Quantity::parse(s).ok())
+    };
+    let zero = Quantity::from_i64(0);
+    if request(new).unwrap_or(zero) <= request(old).unwrap_or(zero) {
+        return Expansion::None;
+    }
+    if old["status"]["phase"] != "Bound" {
+        return Expansion::Refused(RESIZE_UNBOUND);
+    }
+    match (claim_class_name(old), claim_class_name(new)) {
+        (Some(was), Some(is)) if was == is => Expansion::NeedsClass(is),
+        _ => Expansion::Refused(RESIZE_UNSUPPORTED),
+    }
+}
+
+/// The claim's class as upstream reads it: the beta annotation first, then
+/// `spec.storageClassName`; `None` when empty or unset.
+pub fn claim_class_name(claim: &Value) -> Option<&str> {
+    let annotated = claim
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(BETA_STORAGE_CLASS_ANNOTATION))
+        .and_then(Value::as_str);
+    annotated
+        .or_else(|| claim["spec"]["storageClassName"].as_str())
+        .filter(|name| !name.is_empty())
+}
+
+/// Whether `class` has `allowVolumeExpansion: true`.
+pub fn allows_expansion(class: &Value) -> bool {
+    class["allowVolumeExpansion"] == true
 }
 
 /// Every StorageClass, from the store.
@@ -195,6 +300,77 @@ mod tests {
         let mut untouched = claim(json!({}));
         assert_eq!(set_default_class(&mut untouched, &classes[..0]), None);
         assert_eq!(untouched, claim(json!({})));
+    }
+
+    /// A claim of `class` requesting `request`, in `phase`.
+    fn sized(class: Option<&str>, request: &str, phase: &str) -> Value {
+        let mut c = claim(json!({"resources": {"requests": {"storage": request}}}));
+        if let Some(class) = class {
+            c["spec"]["storageClassName"] = json!(class);
+        }
+        c["status"] = json!({"phase": phase, "capacity": {"storage": "1Gi"}});
+        c
+    }
+
+    #[test]
+    fn only_growth_of_a_bound_claim_of_one_class_asks_the_class() {
+        let bound = sized(Some("gold"), "1Gi", "Bound");
+        assert_eq!(
+            expansion(&bound, &sized(Some("gold"), "2Gi", "Bound")),
+            Expansion::NeedsClass("gold")
+        );
+        // Not growth: the same size however spelled, or smaller.
+        assert_eq!(
+            expansion(&bound, &sized(Some("gold"), "1024Mi", "Bound")),
+            Expansion::None
+        );
+        assert_eq!(
+            expansion(
+                &sized(Some("gold"), "5Gi", "Bound"),
+                &sized(Some("gold"), "2Gi", "Bound")
+            ),
+            Expansion::None
+        );
+        // Upstream reads the phase of the stored claim.
+        assert_eq!(
+            expansion(
+                &sized(Some("gold"), "1Gi", "Pending"),
+                &sized(Some("gold"), "2Gi", "Bound")
+            ),
+            Expansion::Refused(RESIZE_UNBOUND)
+        );
+        // No class, or a class changed on the way, cannot be expanded.
+        assert_eq!(
+            expansion(&sized(None, "1Gi", "Bound"), &sized(None, "2Gi", "Bound")),
+            Expansion::Refused(RESIZE_UNSUPPORTED)
+        );
+        assert_eq!(
+            expansion(
+                &sized(Some(""), "1Gi", "Bound"),
+                &sized(Some(""), "2Gi", "Bound")
+            ),
+            Expansion::Refused(RESIZE_UNSUPPORTED)
+        );
+        assert_eq!(
+            expansion(&bound, &sized(Some("silver"), "2Gi", "Bound")),
+            Expansion::Refused(RESIZE_UNSUPPORTED)
+        );
+        // The beta annotation names the class first.
+        let mut annotated = sized(Some("gold"), "1Gi", "Bound");
+        annotated["metadata"]["annotations"] = json!({BETA_STORAGE_CLASS_ANNOTATION: "beta"});
+        let mut grown = annotated.clone();
+        grown["spec"]["resources"]["requests"]["storage"] = json!("3Gi");
+        assert_eq!(expansion(&annotated, &grown), Expansion::NeedsClass("beta"));
+    }
+
+    #[test]
+    fn only_an_explicit_true_allows_expansion() {
+        let mut c = class("gold", "2024-01-01T00:00:00Z", None);
+        assert!(!allows_expansion(&c));
+        c["allowVolumeExpansion"] = json!(false);
+        assert!(!allows_expansion(&c));
+        c["allowVolumeExpansion"] = json!(true);
+        assert!(allows_expansion(&c));
     }
 
     #[test]

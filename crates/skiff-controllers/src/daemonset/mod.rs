@@ -48,6 +48,7 @@ use self::history::{REVISION_HASH_LABEL, TEMPLATE_GENERATION_LABEL};
 use self::plan::{Counts, FailedPodBackoff, Observed};
 use crate::expectations::Expectations;
 use crate::informer::{Informed, Informer, InformerFactory, controller_uid};
+use crate::ownership::set_controller;
 use crate::pods::{self, controller_reference, generate_name};
 use crate::runtime::{Clock, SystemClock, run_controller};
 
@@ -484,62 +485,27 @@ where
     K: Informed + Resource<Scope = NamespaceResourceScope> + serde::Serialize,
 {
     let api: Api<K> = Api::namespaced(client.clone(), &ds.namespace().unwrap_or_default());
+    let describe = |obj: &K| format!("{} {}", K::kind(&()), obj.name_any());
     let mut claimed = Vec::with_capacity(owned.len());
     for obj in owned {
         if pods::selects(selector, obj.meta().labels.as_ref()) {
             claimed.push(obj);
         } else {
-            set_controller(&api, &*obj, None).await?;
+            set_controller::<_, DaemonSet>(&api, &*obj, None)
+                .await
+                .map_err(api_error("release", describe(&obj)))?;
         }
     }
     for obj in in_namespace {
         let orphan = controller_uid(&*obj).is_none() && obj.meta().deletion_timestamp.is_none();
         if orphan && pods::selects(selector, obj.meta().labels.as_ref()) {
-            set_controller(&api, &*obj, Some(ds)).await?;
+            set_controller(&api, &*obj, Some(ds))
+                .await
+                .map_err(api_error("adopt", describe(&obj)))?;
             claimed.push(obj);
         }
     }
     Ok(claimed)
-}
-
-/// Makes `owner` the object's controller, or removes its controller
-/// reference (`None`), guarded by the object's resourceVersion.
-async fn set_controller<K>(
-    api: &Api<K>,
-    obj: &K,
-    owner: Option<&DaemonSet>,
-) -> Result<(), ReconcileError>
-where
-    K: Informed + serde::Serialize,
-{
-    let mut owners: Vec<_> = obj
-        .owner_references()
-        .iter()
-        .filter(|o| o.controller != Some(true))
-        .cloned()
-        .collect();
-    if let Some(owner) = owner {
-        owners.push(controller_reference(owner));
-    }
-    let patch = json!({"metadata": {
-        "ownerReferences": owners,
-        "resourceVersion": obj.resource_version(),
-    }});
-    match api
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(error) if is_not_found(&error) => Ok(()),
-        Err(error) => Err(api_error(
-            if owner.is_some() { "adopt" } else { "release" },
-            format!("{} {}", K::kind(&()), obj.name_any()),
-        )(error)),
-    }
 }
 
 /// Makes sure a revision holds the current template with the highest

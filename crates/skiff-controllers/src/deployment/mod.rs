@@ -47,7 +47,8 @@ use skiff_client::events::{EventRecorder, EventType};
 use tokio_util::sync::CancellationToken;
 
 use crate::informer::{Informer, InformerFactory, controller_uid};
-use crate::pods::{self, controller_reference};
+use crate::ownership::set_controller;
+use crate::pods;
 use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
 
@@ -277,11 +278,17 @@ async fn sync(d: &Deployment, ctx: &Context) -> Result<Action, ReconcileError> {
     );
     let claim = claim(d, &candidates);
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
-    for rs in &claim.adopt {
-        set_controller(&rs_api, rs, Some(d)).await?;
-    }
-    for rs in &claim.release {
-        set_controller(&rs_api, rs, None).await?;
+    for (replica_sets, owner) in [(&claim.adopt, Some(d)), (&claim.release, None)] {
+        for rs in replica_sets {
+            let action = if owner.is_some() {
+                "adopt replica set"
+            } else {
+                "release replica set"
+            };
+            set_controller(&rs_api, &**rs, owner)
+                .await
+                .map_err(|e| ReconcileError::api(action, &rs.name_any(), e))?;
+        }
     }
     let pods: HashMap<String, Vec<Arc<Pod>>> = claim
         .owned
@@ -498,48 +505,6 @@ async fn update_replica_set(
         );
     }
     Ok(())
-}
-
-/// Makes `owner` the ReplicaSet's controller, or removes its controller
-/// reference (`None`), guarded by the ReplicaSet's resourceVersion.
-async fn set_controller(
-    api: &Api<ReplicaSet>,
-    rs: &ReplicaSet,
-    owner: Option<&Deployment>,
-) -> Result<(), ReconcileError> {
-    let mut owners: Vec<OwnerReference> = rs
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|o| o.controller != Some(true))
-        .collect();
-    owners.extend(owner.map(controller_reference));
-    let patch = json!({"metadata": {
-        "ownerReferences": owners,
-        "resourceVersion": rs.resource_version(),
-    }});
-    match api
-        .patch(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(ReconcileError::api(
-            if owner.is_some() {
-                "adopt replica set"
-            } else {
-                "release replica set"
-            },
-            &rs.name_any(),
-            e,
-        )),
-    }
 }
 
 async fn write_status(

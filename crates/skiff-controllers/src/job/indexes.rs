@@ -89,6 +89,33 @@ impl Indexes {
         self.intervals.iter().map(|i| i.last - i.first + 1).sum()
     }
 
+    /// True if the set holds no index.
+    pub fn is_empty(&self) -> bool {
+        self.intervals.is_empty()
+    }
+
+    /// How many indexes the two sets have in common.
+    pub fn common(&self, other: &Self) -> i32 {
+        let (mut mine, mut theirs) = (
+            self.intervals.iter().peekable(),
+            other.intervals.iter().peekable(),
+        );
+        let mut count = 0;
+        while let (Some(a), Some(b)) = (mine.peek(), theirs.peek()) {
+            let overlap = a.last.min(b.last) - a.first.max(b.first) + 1;
+            count += overlap.max(0);
+            // Step past whichever run ends first (both when they end together).
+            let (a_last, b_last) = (a.last, b.last);
+            if a_last <= b_last {
+                mine.next();
+            }
+            if b_last <= a_last {
+                theirs.next();
+            }
+        }
+        count
+    }
+
     /// True if `index` is in the set.
     pub fn contains(&self, index: i32) -> bool {
         let at = self.intervals.partition_point(|i| i.last < index);
@@ -162,6 +189,18 @@ mod tests {
                 .to_string(),
             "0-2"
         );
+    }
+
+    #[test]
+    fn common_counts_the_overlap_of_runs() {
+        let a = Indexes::parse("0-4,8,10-12", 20);
+        let b = Indexes::parse("3-9,11", 20);
+        // 3, 4, 8 and 11.
+        assert_eq!(a.common(&b), 4);
+        assert_eq!(b.common(&a), 4);
+        assert_eq!(a.common(&a), a.total());
+        assert_eq!(a.common(&Indexes::default()), 0);
+        assert!(Indexes::default().is_empty() && !a.is_empty());
     }
 
     #[test]

@@ -28,18 +28,33 @@
 //! and sets `Complete` or `Failed` only once every pod is counted and none is
 //! terminating, which is what `kubectl wait --for=condition=complete` sees.
 //!
+//! # Policies
+//!
+//! A `podFailurePolicy` ([`failure_policy`]) classifies each failed pod by
+//! exit code or pod condition: `FailJob` fails the Job at once (reason
+//! `PodFailurePolicy`), `FailIndex` fails the pod's index, `Ignore` neither
+//! counts the failure nor stops replacement, `Count` counts it as usual. With
+//! a policy, and with `podReplacementPolicy: Failed`, a terminating pod is
+//! replaced only once it reached phase Failed (`status.terminating` counts
+//! it meanwhile). A `successPolicy` ([`success_policy`]) lets an Indexed Job
+//! succeed once chosen indexes, or enough of them, succeeded (reason
+//! `SuccessPolicy`); its remaining pods are stopped and not counted.
+//!
+//! A Job whose `spec.managedBy` names another controller is left to it.
+//!
 //! [`plan`], [`Plan::track`] and [`Tracking::finalize`] are the pure
 //! decisions of those steps; [`start`] wires the IO. The TTL-after-finished
 //! controller, which deletes finished Jobs, is [`ttl`].
 //!
-//! Not implemented: `podFailurePolicy` rules (every failure counts), the
-//! `successPolicy`, and adoption of orphan pods that match a Job's selector
+//! Not implemented: adoption of orphan pods that match a Job's selector
 //! (the selector is generated from the Job's UID unless `manualSelector` is
 //! set, so only hand-made pods could match).
 
 mod backoff;
+pub mod failure_policy;
 mod indexes;
 mod plan;
+pub mod success_policy;
 pub mod ttl;
 
 #[cfg(test)]
@@ -81,6 +96,8 @@ pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 /// How many pods of an index failed before this one (`backoffLimitPerIndex`).
 pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+/// How many failures of an index before this pod a pod failure policy ignored.
+pub const INDEX_IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 /// The `spec.managedBy` value of Jobs this controller manages (also the default).
 pub const MANAGED_BY: &str = "kubernetes.io/job-controller";
 /// The environment variable that holds an Indexed Job pod's index.
@@ -196,10 +213,7 @@ pub fn start_with_clock(
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let Some(spec) = job.spec.as_ref() else {
-        return Ok(Action::await_change());
-    };
-    if spec.managed_by.as_deref().is_some_and(|m| m != MANAGED_BY) {
+    if job.spec.is_none() || !managed_here(&job) {
         return Ok(Action::await_change());
     }
     let namespace = job.namespace().unwrap_or_default();
@@ -325,6 +339,15 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Reconcile
         .map_or_else(Action::await_change, Action::requeue))
 }
 
+/// True unless `spec.managedBy` names another controller, which then owns
+/// the Job's pods and status.
+pub fn managed_here(job: &Job) -> bool {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.managed_by.as_deref())
+        .is_none_or(|m| m == MANAGED_BY)
+}
+
 fn record_finished(ctx: &Context, job: &Job, status: &JobStatus, condition: &JobCondition) {
     let reference = job.object_ref(&());
     if condition.type_ == "Complete" {
@@ -366,10 +389,16 @@ pub fn pod_for(job: &Job, new: &NewPod) -> Option<Pod> {
         meta.annotations
             .get_or_insert_with(Default::default)
             .insert(COMPLETION_INDEX.to_string(), index.clone());
-        if let Some(count) = new.index_failure_count {
-            meta.annotations
-                .get_or_insert_with(Default::default)
-                .insert(INDEX_FAILURE_COUNT.to_string(), count.to_string());
+        let counts = [
+            (INDEX_FAILURE_COUNT, new.index_failure_count),
+            (INDEX_IGNORED_FAILURE_COUNT, new.index_ignored_failure_count),
+        ];
+        for (key, count) in counts {
+            if let Some(count) = count {
+                meta.annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(key.to_string(), count.to_string());
+            }
         }
         meta.labels
             .get_or_insert_with(Default::default)

@@ -16,15 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus, UncountedTerminatedPods};
+use k8s_openapi::api::batch::v1::{
+    Job, JobCondition, JobSpec, JobStatus, PodFailurePolicy, UncountedTerminatedPods,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use skiff_client::events::EventType;
 
 use super::backoff::{BackoffRecord, finished_at};
+use super::failure_policy::{PolicyAction, failure_counts, match_pod_failure_policy};
 use super::indexes::Indexes;
-use super::{COMPLETION_INDEX, INDEX_FAILURE_COUNT, JobConfig, TRACKING_FINALIZER};
+use super::success_policy::match_success_policy;
+use super::{
+    COMPLETION_INDEX, INDEX_FAILURE_COUNT, INDEX_IGNORED_FAILURE_COUNT, JobConfig,
+    TRACKING_FINALIZER,
+};
 use crate::pods::{self, deletion_order};
 
 /// What the reconcile knows besides the Job.
@@ -49,6 +56,8 @@ pub struct NewPod {
     pub index: Option<i32>,
     /// Failures of its index so far (`backoffLimitPerIndex`).
     pub index_failure_count: Option<i32>,
+    /// Failures of its index that a pod failure policy ignored, if any.
+    pub index_ignored_failure_count: Option<i32>,
 }
 
 /// A pod to delete.
@@ -170,14 +179,31 @@ pub fn completion_index(pod: &Pod) -> Option<i32> {
         .filter(|i: &i32| *i >= 0)
 }
 
-fn index_failure_count(pod: &Pod) -> i32 {
+/// A non-negative count from an annotation (0 when absent or malformed).
+fn count_annotation(pod: &Pod, key: &str) -> i32 {
     pod.metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(INDEX_FAILURE_COUNT))
+        .and_then(|a| a.get(key))
         .and_then(|v| v.parse().ok())
         .filter(|c: &i32| *c >= 0)
         .unwrap_or(0)
+}
+
+/// Counted failures of the pod's index before it.
+fn index_failure_count(pod: &Pod) -> i32 {
+    count_annotation(pod, INDEX_FAILURE_COUNT)
+}
+
+/// Ignored failures of the pod's index before it.
+fn index_ignored_failure_count(pod: &Pod) -> i32 {
+    count_annotation(pod, INDEX_IGNORED_FAILURE_COUNT)
+}
+
+/// Every failure of the pod's index before it, counted or ignored: what
+/// the per-index replacement delay grows with.
+fn index_absolute_failure_count(pod: &Pod) -> i32 {
+    index_failure_count(pod).saturating_add(index_ignored_failure_count(pod))
 }
 
 fn phase(pod: &Pod) -> &str {
@@ -200,9 +226,11 @@ struct Shape {
     backoff_limit_per_index: Option<i32>,
     max_failed_indexes: Option<i32>,
     suspended: bool,
-    /// `podReplacementPolicy: Failed`: a terminating pod is not failed (and
-    /// not replaced) until it reaches phase Failed.
+    /// `podReplacementPolicy: Failed` (implied by a pod failure policy): a
+    /// terminating pod is not failed (and not replaced) until it reaches
+    /// phase Failed, so that the policy sees its exit codes.
     only_replace_failed: bool,
+    failure_policy: Option<PodFailurePolicy>,
     restart_on_failure: bool,
     active_deadline: Option<i64>,
 }
@@ -227,7 +255,39 @@ impl Shape {
                 .and_then(|s| s.restart_policy.as_deref())
                 == Some("OnFailure"),
             active_deadline: spec.active_deadline_seconds,
+            failure_policy: spec.pod_failure_policy.clone(),
         }
+    }
+
+    /// False if the failed `pod` matches an `Ignore` rule.
+    fn failure_counts(&self, pod: &Pod) -> bool {
+        failure_counts(self.failure_policy.as_ref(), pod)
+    }
+
+    /// True if the pod's failure fails its index (`backoffLimitPerIndex`):
+    /// a `FailIndex` rule matched, or a counted failure used up the index's
+    /// retries.
+    fn fails_index(&self, pod: &Pod, limit: i32) -> bool {
+        if !self.is_failed(pod) {
+            return false;
+        }
+        match match_pod_failure_policy(self.failure_policy.as_ref(), pod) {
+            Some(PolicyAction::FailIndex) => true,
+            Some(PolicyAction::Ignore) => false,
+            _ => index_failure_count(pod) >= limit,
+        }
+    }
+
+    /// Upstream's message of the first failed pod that matches a `FailJob`
+    /// rule.
+    fn fail_job_message(&self, pods: &[Arc<Pod>]) -> Option<String> {
+        let policy = self.failure_policy.as_ref()?;
+        pods.iter().filter(|p| self.is_failed(p)).find_map(|p| {
+            match match_pod_failure_policy(Some(policy), p) {
+                Some(PolicyAction::FailJob { message }) => Some(message),
+                _ => None,
+            }
+        })
     }
 
     fn is_failed(&self, pod: &Pod) -> bool {
@@ -381,7 +441,12 @@ pub fn plan(job: &Job, observed: &Observed<'_>, now: Timestamp, config: &JobConf
         .collect();
     let mut succeeded =
         status.succeeded.unwrap_or(0) + new_succeeded.len() as i32 + uncounted_s.len() as i32;
-    let failed = status.failed.unwrap_or(0) + new_failed.len() as i32 + uncounted_f.len() as i32;
+    // Failures an `Ignore` rule matched count nowhere.
+    let new_failed_counted = new_failed
+        .iter()
+        .filter(|p| shape.failure_counts(p))
+        .count() as i32;
+    let failed = status.failed.unwrap_or(0) + new_failed_counted + uncounted_f.len() as i32;
 
     let mut active_pods: Vec<Arc<Pod>> = observed
         .pods
@@ -412,6 +477,11 @@ pub fn plan(job: &Job, observed: &Observed<'_>, now: Timestamp, config: &JobConf
         Some(Finish::Failure {
             reason: target.reason.clone().unwrap_or_default(),
             message: target.message.clone().unwrap_or_default(),
+        })
+    } else if let Some(message) = shape.fail_job_message(observed.pods) {
+        Some(Finish::Failure {
+            reason: "PodFailurePolicy".into(),
+            message,
         })
     } else if failed > shape.backoff_limit || past_backoff_limit_on_failure(&shape, observed.pods) {
         Some(Finish::Failure {
@@ -459,8 +529,7 @@ pub fn plan(job: &Job, observed: &Observed<'_>, now: Timestamp, config: &JobConf
                 observed
                     .pods
                     .iter()
-                    .filter(|p| has_tracking_finalizer(p) && shape.is_failed(p))
-                    .filter(|p| index_failure_count(p) >= limit)
+                    .filter(|p| has_tracking_finalizer(p) && shape.fails_index(p, limit))
                     .filter_map(|p| shape.valid_index(p)),
             );
             if finish.is_none() {
@@ -490,6 +559,18 @@ pub fn plan(job: &Job, observed: &Observed<'_>, now: Timestamp, config: &JobConf
                 &failed_now,
             );
             failed_indexes = Some(failed_now);
+        }
+        if finish.is_none()
+            && let Some(message) = match_success_policy(
+                spec.success_policy.as_ref(),
+                completions,
+                &succeeded_indexes,
+            )
+        {
+            finish = Some(Finish::Success {
+                reason: "SuccessPolicy".into(),
+                message,
+            });
         }
     }
 
@@ -667,7 +748,7 @@ fn delayed_deletions(
             continue;
         }
         let replace = delayed.get(&index).is_none_or(|kept| {
-            index_failure_count(kept) <= index_failure_count(pod)
+            index_absolute_failure_count(kept) <= index_absolute_failure_count(pod)
                 && finished_at(pod) >= finished_at(kept)
         });
         if replace {
@@ -756,6 +837,7 @@ impl Manage<'_> {
                 .map(|_| NewPod {
                     index: None,
                     index_failure_count: None,
+                    index_ignored_failure_count: None,
                 })
                 .collect();
             return Managed {
@@ -785,6 +867,7 @@ impl Manage<'_> {
                 .map(|index| NewPod {
                     index: Some(index),
                     index_failure_count: None,
+                    index_ignored_failure_count: None,
                 })
                 .collect();
             return Managed {
@@ -799,7 +882,7 @@ impl Manage<'_> {
             let previous = self.delayed.get(&index);
             let wait = previous.map_or(Duration::ZERO, |pod| {
                 BackoffRecord {
-                    failures_after_last_success: index_failure_count(pod) as u32 + 1,
+                    failures_after_last_success: index_absolute_failure_count(pod) as u32 + 1,
                     last_failure: Some(finished_at(pod)),
                 }
                 .remaining(
@@ -809,9 +892,20 @@ impl Manage<'_> {
                 )
             });
             if wait.is_zero() {
+                // The replacement inherits the index's failures, the one it
+                // replaces included.
+                let (mut failures, mut ignored) = previous.map_or((0, 0), |p| {
+                    (index_failure_count(p), index_ignored_failure_count(p))
+                });
+                match previous {
+                    Some(p) if !shape.failure_counts(p) => ignored += 1,
+                    Some(_) => failures += 1,
+                    None => {}
+                }
                 create.push(NewPod {
                     index: Some(index),
-                    index_failure_count: Some(previous.map_or(0, |p| index_failure_count(p) + 1)),
+                    index_failure_count: Some(failures),
+                    index_ignored_failure_count: (ignored > 0).then_some(ignored),
                 });
             } else {
                 shortest = Some(shortest.map_or(wait, |s| s.min(wait)));
@@ -938,6 +1032,7 @@ impl Plan {
             } else if (failed || failing)
                 && !orig_f.contains(&pod_uid)
                 && (!shape.indexed || shape.valid_index(pod).is_some())
+                && shape.failure_counts(pod)
             {
                 new_f.push(pod_uid);
             }

@@ -746,7 +746,8 @@ fn backoff_limit_per_index_retries_an_index_then_marks_it_failed() {
         r.plan.create,
         [NewPod {
             index: Some(1),
-            index_failure_count: Some(1)
+            index_failure_count: Some(1),
+            index_ignored_failure_count: None,
         }]
     );
     assert_eq!(r.status.failed_indexes.as_deref(), Some(""));
@@ -791,6 +792,7 @@ fn pods_carry_the_finalizer_owner_and_for_indexed_jobs_their_index() {
     let new = NewPod {
         index: Some(2),
         index_failure_count: None,
+        index_ignored_failure_count: None,
     };
     let p = pod_for(&j, &new).unwrap();
     assert!(p.name_any().starts_with("pi-2-"));
@@ -834,6 +836,7 @@ fn pods_carry_the_finalizer_owner_and_for_indexed_jobs_their_index() {
         &NewPod {
             index: None,
             index_failure_count: None,
+            index_ignored_failure_count: None,
         },
     )
     .unwrap();
@@ -885,3 +888,5 @@ fn an_existing_uncounted_list_is_kept_in_upstreams_shape() {
         Some(UncountedTerminatedPods::default())
     );
 }
+
+mod policies;

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::expectations::{Expectations, InFlight};
 use crate::informer::{Informer, InformerFactory, controller_uid};
+use crate::ownership::set_controller;
 use crate::pods::{self, controller_reference, deletion_order, generate_name};
 use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
@@ -237,11 +238,20 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Rec
     let plan = plan(&rs, &candidates, &in_flight, ctx.clock.now(), &ctx.config);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    for pod in &plan.adopt {
-        set_controller(&api, pod, Some(&rs)).await?;
-    }
-    for pod in &plan.release {
-        set_controller(&api, pod, None).await?;
+    for (pods, owner) in [(&plan.adopt, Some(&*rs)), (&plan.release, None)] {
+        for pod in pods {
+            set_controller(&api, &**pod, owner)
+                .await
+                .map_err(|source| ReconcileError {
+                    action: if owner.is_some() {
+                        "adopt pod"
+                    } else {
+                        "release pod"
+                    },
+                    name: pod.name_any(),
+                    source,
+                })?;
+        }
     }
     let mut failure = None;
     if plan.create > 0 {
@@ -328,50 +338,6 @@ async fn delete_pod(
                 source,
             }
         })
-}
-
-/// Makes `owner` the pod's controller, or removes its controller reference
-/// (`None`), guarded by the pod's resourceVersion.
-async fn set_controller(
-    api: &Api<Pod>,
-    pod: &Pod,
-    owner: Option<&ReplicaSet>,
-) -> Result<(), ReconcileError> {
-    let mut owners: Vec<_> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|o| o.controller != Some(true))
-        .collect();
-    if let Some(owner) = owner {
-        owners.push(controller_reference(owner));
-    }
-    let patch = json!({"metadata": {
-        "ownerReferences": owners,
-        "resourceVersion": pod.resource_version(),
-    }});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(ReconcileError {
-            action: if owner.is_some() {
-                "adopt pod"
-            } else {
-                "release pod"
-            },
-            name: pod.name_any(),
-            source,
-        }),
-    }
 }
 
 /// Upstream keeps a `ReplicaFailure` condition while pods cannot be created.

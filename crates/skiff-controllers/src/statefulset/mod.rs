@@ -43,7 +43,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -55,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::expectations::Expectations;
 use crate::informer::{Informer, InformerFactory, controller_uid};
+use crate::ownership::{patch_owners, set_controller};
 use crate::pods::{self, controller_reference};
 use crate::runtime::api_message;
 use crate::runtime::{Clock, SystemClock, run_controller};
@@ -269,11 +269,17 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, S
     );
 
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    for pod in &plan.adopt {
-        set_pod_controller(&api, pod, Some(&set)).await?;
-    }
-    for pod in &plan.release {
-        set_pod_controller(&api, pod, None).await?;
+    for (pods, owner) in [(&plan.adopt, Some(&*set)), (&plan.release, None)] {
+        for pod in pods {
+            let action = if owner.is_some() {
+                "adopt pod"
+            } else {
+                "release pod"
+            };
+            set_controller(&api, &**pod, owner)
+                .await
+                .map_err(api_error(action, pod.name_any()))?;
+        }
     }
     let outcome = execute(&set, &ctx, &plan).await;
     if plan::status_changed(set.status.as_ref(), &plan.status) {
@@ -620,50 +626,6 @@ async fn restore_identity(
         Err(error) => {
             pod_event(set, ctx, "update", &name, Some(&api_message(&error)));
             Err(api_error("update pod", name)(error))
-        }
-    }
-}
-
-/// Replaces an object's owner references, guarded by its resourceVersion.
-async fn patch_owners<K>(api: &Api<K>, obj: &K, owners: &[OwnerReference]) -> Result<K, kube::Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let patch = json!({"metadata": {
-        "ownerReferences": owners,
-        "resourceVersion": obj.resource_version(),
-    }});
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-}
-
-/// Makes `set` the pod's controller, or removes its controller (`None`).
-async fn set_pod_controller(
-    api: &Api<Pod>,
-    pod: &Pod,
-    set: Option<&StatefulSet>,
-) -> Result<(), StatefulSetError> {
-    let mut owners: Vec<OwnerReference> = pod
-        .owner_references()
-        .iter()
-        .filter(|o| o.controller != Some(true))
-        .cloned()
-        .collect();
-    owners.extend(set.map(controller_reference));
-    match patch_owners(api, pod, &owners).await {
-        Ok(_) => Ok(()),
-        Err(error) if is_status(&error, 404) => Ok(()),
-        Err(error) => {
-            let action = if set.is_some() {
-                "adopt pod"
-            } else {
-                "release pod"
-            };
-            Err(api_error(action, pod.name_any())(error))
         }
     }
 }

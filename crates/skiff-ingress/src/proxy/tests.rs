@@ -757,3 +757,216 @@ fn upgrade_needs_http11_and_the_connection_token() {
         None
     );
 }
+
+/// How a [`raw_backend`] treats the requests on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawMode {
+    /// Answers every request and keeps the connection open.
+    KeepAlive,
+    /// Answers one request with `Connection: close`, then closes (busybox
+    /// `httpd`).
+    CloseEach,
+    /// On the first connection only: answers the first request, then reads
+    /// the second and closes without answering, as a backend whose idle
+    /// timeout fires just as the request arrives. Later connections keep
+    /// alive.
+    DropSecond,
+}
+
+/// A hand-written HTTP/1.1 backend on loopback answering `ok`; the counter
+/// holds the connections it accepted so far.
+async fn raw_backend(mode: RawMode) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let mut served = 0;
+                while read_request(&mut stream).await {
+                    if mode == RawMode::DropSecond && first && served == 1 {
+                        return;
+                    }
+                    let close = mode == RawMode::CloseEach;
+                    let answer = if close {
+                        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                    } else {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                    served += 1;
+                    if close {
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, accepted)
+}
+
+/// Reads one whole request (head and `Content-Length` body); false at the
+/// end of the connection.
+async fn read_request(stream: &mut TcpStream) -> bool {
+    let mut data = Vec::new();
+    let mut buf = [0; 1024];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while data.len() < head_end + length {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// A proxy whose only route, `raw.example.com/`, goes to `backend`.
+async fn raw_proxy(backend: SocketAddr) -> Running {
+    let cluster = Cluster::default().service("raw", &[(backend, true)]);
+    let table = cluster.table(&[ingress(
+        "i",
+        0,
+        json!({"rules": [{"host": "raw.example.com", "http": {"paths": [path("/", "raw")]}}]}),
+    )]);
+    Running::start(table).await
+}
+
+/// Sends `method /` with `body` on `sender`: the status and the body.
+async fn send_raw(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: Method,
+    body: &'static str,
+) -> (StatusCode, Bytes) {
+    let request = Request::builder()
+        .method(method)
+        .uri("/")
+        .header(header::HOST, "raw.example.com")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+async fn connect_full(address: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+}
+
+#[tokio::test]
+async fn keep_alive_backend_connections_are_reused() {
+    let (backend, accepted) = raw_backend(RawMode::KeepAlive).await;
+    let proxy = raw_proxy(backend).await;
+    // Separate client connections share the pooled backend connection.
+    for _ in 0..5 {
+        let mut sender = connect_full(proxy.http).await;
+        let answer = send_raw(&mut sender, Method::GET, "").await;
+        assert_eq!(answer, (StatusCode::OK, Bytes::from_static(b"ok")));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn backends_closing_every_connection_get_a_new_one_per_request() {
+    let (backend, accepted) = raw_backend(RawMode::CloseEach).await;
+    let proxy = raw_proxy(backend).await;
+    let mut sender = connect_full(proxy.http).await;
+    for method in [Method::GET, Method::POST, Method::GET] {
+        let body = if method == Method::POST { "data" } else { "" };
+        let (status, answer) = send_raw(&mut sender, method.clone(), body).await;
+        assert_eq!(
+            (status, &answer[..]),
+            (StatusCode::OK, &b"ok"[..]),
+            "{method}"
+        );
+    }
+    // The client's own connection stays open: the backend's
+    // `Connection: close` is hop-by-hop.
+    assert!(!sender.is_closed());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
+    let (backend, accepted) = raw_backend(RawMode::DropSecond).await;
+    let proxy = raw_proxy(backend).await;
+    let mut sender = connect_full(proxy.http).await;
+    assert_eq!(
+        send_raw(&mut sender, Method::GET, "").await.0,
+        StatusCode::OK
+    );
+    // Sent on the pooled connection, which closes without answering; the
+    // proxy repeats it on a new one.
+    let answer = send_raw(&mut sender, Method::GET, "").await;
+    assert_eq!(answer, (StatusCode::OK, Bytes::from_static(b"ok")));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn request_with_a_body_is_not_sent_again() {
+    let (backend, accepted) = raw_backend(RawMode::DropSecond).await;
+    let proxy = raw_proxy(backend).await;
+    let mut sender = connect_full(proxy.http).await;
+    assert_eq!(
+        send_raw(&mut sender, Method::GET, "").await.0,
+        StatusCode::OK
+    );
+    // The backend may have acted on it: the client decides, on a 502.
+    let (status, _) = send_raw(&mut sender, Method::POST, "data").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // The next request gets a fresh connection.
+    assert_eq!(
+        send_raw(&mut sender, Method::GET, "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn only_bodiless_idempotent_requests_are_replayable() {
+    let request = |method: Method, body: &'static str| {
+        Request::builder()
+            .method(method)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    assert!(replayable(&request(Method::GET, "")));
+    assert!(replayable(&request(Method::HEAD, "")));
+    assert!(replayable(&request(Method::DELETE, "")));
+    assert!(!replayable(&request(Method::POST, "")));
+    assert!(!replayable(&request(Method::PATCH, "")));
+    assert!(!replayable(&request(Method::PUT, "data")));
+    let mut upgrade = request(Method::GET, "");
+    upgrade
+        .headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    assert!(!replayable(&upgrade));
+}

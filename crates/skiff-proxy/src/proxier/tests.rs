@@ -10,6 +10,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::conntrack::fake::FakeConntrack;
+use crate::conntrack::{Flow, IPPROTO_UDP, Tuple};
 use crate::host::fake::RecordingHost;
 
 fn service(name: &str, ip: &str) -> Service {
@@ -33,8 +35,126 @@ fn slice(service: &str, ips: &[&str]) -> EndpointSlice {
 }
 
 fn proxier() -> (Proxier, Arc<RecordingHost>) {
+    let (proxier, host, _) = proxier_with_conntrack();
+    (proxier, host)
+}
+
+fn proxier_with_conntrack() -> (Proxier, Arc<RecordingHost>, Arc<FakeConntrack>) {
     let host = Arc::new(RecordingHost::default());
-    (Proxier::new(ProxyConfig::default(), host.clone()), host)
+    let conntrack = Arc::new(FakeConntrack::default());
+    let proxier =
+        Proxier::new(ProxyConfig::default(), host.clone()).with_conntrack(conntrack.clone());
+    (proxier, host, conntrack)
+}
+
+/// `dns`: UDP port 53 "dns" on 10.43.0.10.
+fn udp_service() -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "dns"},
+        "spec": {"clusterIP": "10.43.0.10",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]},
+    }))
+    .unwrap()
+}
+
+fn udp_slice(ips: &[&str]) -> EndpointSlice {
+    let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": "dns-1",
+                     "labels": {"kubernetes.io/service-name": "dns"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+/// A client's UDP entry to the `dns` ClusterIP, DNATed to `endpoint`.
+fn dns_flow(endpoint: &str, client_port: u16) -> Flow {
+    let client = "10.42.0.2".parse().unwrap();
+    Flow {
+        protocol: IPPROTO_UDP,
+        original: Tuple {
+            src: client,
+            dst: "10.43.0.10".parse().unwrap(),
+            src_port: client_port,
+            dst_port: 53,
+        },
+        reply: Tuple {
+            src: endpoint.parse().unwrap(),
+            dst: client,
+            src_port: 5353,
+            dst_port: client_port,
+        },
+        zone: 0,
+        id: None,
+    }
+}
+
+#[test]
+fn syncs_delete_udp_entries_of_removed_endpoints_once_per_change() {
+    let (mut proxier, host, conntrack) = proxier_with_conntrack();
+    let services = [Arc::new(udp_service())];
+    let to_a = dns_flow("10.42.1.5", 40000);
+    let to_b = dns_flow("10.42.1.6", 40001);
+    *conntrack.table.lock().unwrap() = vec![to_a, to_b];
+
+    let both = [Arc::new(udp_slice(&["10.42.1.5", "10.42.1.6"]))];
+    let stats = proxier.sync(&services, &both).unwrap();
+    assert_eq!((stats.mode, stats.conntrack_deleted), (SyncMode::Full, 0));
+    assert_eq!(conntrack.listings(), 1, "the first sync checks the table");
+    // Unchanged: the table is not even listed.
+    proxier.sync(&services, &both).unwrap();
+    assert_eq!(conntrack.listings(), 1);
+
+    // 10.42.1.5 goes: its entry is deleted after the rules changed.
+    let stats = proxier
+        .sync(&services, &[Arc::new(udp_slice(&["10.42.1.6"]))])
+        .unwrap();
+    assert_eq!(
+        (stats.mode, stats.conntrack_deleted),
+        (SyncMode::Incremental, 1)
+    );
+    assert_eq!(conntrack.deleted(), [to_a]);
+    assert_eq!(*conntrack.table.lock().unwrap(), [to_b]);
+    assert_eq!(host.scripts().len(), 2);
+}
+
+#[test]
+fn a_failed_conntrack_cleanup_does_not_fail_the_sync_and_is_retried() {
+    let (mut proxier, _host, conntrack) = proxier_with_conntrack();
+    let services = [Arc::new(udp_service())];
+    let both = [Arc::new(udp_slice(&["10.42.1.5", "10.42.1.6"]))];
+    let one = [Arc::new(udp_slice(&["10.42.1.6"]))];
+    proxier.sync(&services, &both).unwrap();
+    *conntrack.table.lock().unwrap() = vec![dns_flow("10.42.1.5", 40000)];
+    *conntrack.fail_next.lock().unwrap() = 1;
+    let stats = proxier.sync(&services, &one).unwrap();
+    assert_eq!(
+        (stats.mode, stats.conntrack_deleted),
+        (SyncMode::Incremental, 0)
+    );
+    assert_eq!(conntrack.listings(), 2);
+    // The rules are in place, yet the next sync cleans up.
+    let stats = proxier.sync(&services, &one).unwrap();
+    assert_eq!(
+        (stats.mode, stats.conntrack_deleted),
+        (SyncMode::Unchanged, 1)
+    );
+    assert_eq!(conntrack.deleted(), [dns_flow("10.42.1.5", 40000)]);
+    proxier.sync(&services, &one).unwrap();
+    assert_eq!(conntrack.listings(), 3);
+}
+
+#[test]
+fn no_cleanup_happens_when_the_rules_could_not_be_applied() {
+    let (mut proxier, host, conntrack) = proxier_with_conntrack();
+    *host.fail_next.lock().unwrap() = 1;
+    let services = [Arc::new(udp_service())];
+    proxier
+        .sync(&services, &[Arc::new(udp_slice(&["10.42.1.5"]))])
+        .unwrap_err();
+    assert_eq!(conntrack.listings(), 0);
 }
 
 #[test]
@@ -132,7 +252,8 @@ fn start(
     let (slice_tx, slice_rx) = mpsc::unbounded();
     let (services, services_writer) = reflector::store();
     let (slices, slices_writer) = reflector::store();
-    let proxier = Proxier::new(ProxyConfig::default(), host);
+    let proxier = Proxier::new(ProxyConfig::default(), host)
+        .with_conntrack(Arc::new(FakeConntrack::default()));
     let task = tokio::spawn(serve(
         proxier,
         (services, reflector::reflector(services_writer, service_rx)),

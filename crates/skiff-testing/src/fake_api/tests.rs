@@ -132,6 +132,27 @@ async fn generated_names_events_and_seeded_objects() {
 }
 
 #[tokio::test]
+async fn subresource_posts_answer_what_the_test_stored() {
+    let api = FakeApi::default();
+    let token = "/api/v1/namespaces/a/serviceaccounts/sa/token";
+    let request = json!({"spec": {"expirationSeconds": 600}});
+    assert_eq!(call(&api, "POST", token, request.clone()).await, Err(404));
+    let reply = json!({"status": {"token": "t1"}});
+    api.store(token, reply.clone());
+    assert_eq!(call(&api, "POST", token, request.clone()).await, Ok(reply));
+    let posts: Vec<_> = api.writes().into_iter().map(|w| (w.path, w.body)).collect();
+    assert_eq!(
+        posts,
+        [
+            (token.to_owned(), request.clone()),
+            (token.to_owned(), request)
+        ]
+    );
+    // Nothing was created under the ServiceAccount's path.
+    assert_eq!(api.object("/api/v1/namespaces/a/serviceaccounts/sa"), None);
+}
+
+#[tokio::test]
 async fn watches_carry_what_the_test_sends() {
     let api = FakeApi::default();
     let request = Request::builder()

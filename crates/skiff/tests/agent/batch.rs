@@ -168,3 +168,143 @@ spec:
         cron["status"]
     );
 }
+
+/// `{.status.conditions[?(@.type=="TYPE")].FIELD}` of a Job.
+fn job_condition(ns: &str, job: &str, type_: &str, field: &str) -> String {
+    let json = cluster().get_json(&["get", "job", job, "-n", ns]);
+    json["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c[field].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn pod_failure_and_success_policies_decide_the_job_outcome() {
+    wait_node_ready();
+    let c = cluster();
+    let ns = c.namespace("jobpolicy");
+    let n = ns.name();
+    let job = |name: &str, extra: &str, script: &str| {
+        format!(
+            r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+{extra}
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {{name: main, image: {IMAGE}, command: ["sh", "-c", "{script}"]}}
+---
+"#
+        )
+    };
+    let manifest = [
+        job(
+            "failjob",
+            "  backoffLimit: 6\n  podFailurePolicy:\n    rules:\n    - {action: FailJob, onExitCodes: {containerName: main, operator: In, values: [42]}}",
+            "exit 42",
+        ),
+        job(
+            "ignored",
+            "  backoffLimit: 0\n  podFailurePolicy:\n    rules:\n    - {action: Ignore, onExitCodes: {operator: In, values: [42]}}",
+            "exit 42",
+        ),
+        job(
+            "leader",
+            "  completionMode: Indexed\n  completions: 3\n  parallelism: 3\n  successPolicy:\n    rules:\n    - {succeededIndexes: \"0\"}",
+            "if [ $JOB_COMPLETION_INDEX = 0 ]; then sleep 2; exit 0; fi; trap 'exit 0' TERM; sleep 3600 & wait",
+        ),
+    ]
+    .concat();
+    c.kubectl_stdin_ok(&["apply", "-n", n, "-f", "-"], &manifest);
+
+    // FailJob: the first exit 42 fails the Job, with no retry.
+    c.kubectl_ok(&[
+        "wait",
+        "-n",
+        n,
+        "--for=condition=Failed",
+        "job/failjob",
+        "--timeout=90s",
+    ]);
+    assert_eq!(
+        job_condition(n, "failjob", "Failed", "reason"),
+        "PodFailurePolicy"
+    );
+    assert_eq!(
+        job_condition(n, "failjob", "FailureTarget", "status"),
+        "True"
+    );
+    let pods = c.get_json(&["get", "pods", "-n", n, "-l", "job-name=failjob"]);
+    let pods = pods["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pods.len(), 1, "no retry after FailJob");
+    let pod = pods[0]["metadata"]["name"].as_str().unwrap_or_default();
+    assert_eq!(
+        job_condition(n, "failjob", "Failed", "message"),
+        format!(
+            "Container main for pod {n}/{pod} failed with exit code 42 matching FailJob rule at index 0"
+        )
+    );
+    assert_eq!(
+        c.get_json(&["get", "job", "failjob", "-n", n])["status"]["failed"],
+        1
+    );
+
+    // Success policy: index 0 succeeding completes the Job and stops the rest.
+    c.kubectl_ok(&[
+        "wait",
+        "-n",
+        n,
+        "--for=condition=Complete",
+        "job/leader",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        job_condition(n, "leader", "Complete", "reason"),
+        "SuccessPolicy"
+    );
+    assert_eq!(
+        job_condition(n, "leader", "Complete", "message"),
+        "Matched rules at index 0"
+    );
+    assert_eq!(
+        job_condition(n, "leader", "SuccessCriteriaMet", "reason"),
+        "SuccessPolicy"
+    );
+    let leader = c.get_json(&["get", "job", "leader", "-n", n])["status"].clone();
+    assert_eq!(leader["completedIndexes"], "0", "{leader}");
+    assert_eq!(leader["succeeded"], 1, "{leader}");
+    assert!(leader["active"].is_null(), "{leader}");
+
+    // Ignore: failures matching the rule never count against backoffLimit 0;
+    // the pod is replaced instead.
+    eventually(
+        "an ignored failure replaced",
+        Duration::from_secs(60),
+        || {
+            let failed = c.get_json(&[
+                "get",
+                "pods",
+                "-n",
+                n,
+                "-l",
+                "job-name=ignored",
+                "--field-selector=status.phase=Failed",
+            ]);
+            failed["items"].as_array().map_or(0, Vec::len) >= 2
+        },
+    );
+    let ignored = c.get_json(&["get", "job", "ignored", "-n", n]);
+    assert!(
+        ignored["status"]["failed"].is_null(),
+        "{}",
+        ignored["status"]
+    );
+    assert_eq!(job_condition(n, "ignored", "Failed", "status"), "");
+}

@@ -5,12 +5,14 @@
 
 mod util;
 
+mod accounts;
 mod batch;
 mod failures;
 mod lifecycle;
 mod network;
 mod policy;
 mod registry;
+mod resize;
 mod static_pods;
 mod storage;
 mod streaming;

@@ -668,3 +668,121 @@ spec:
         || curl(&[&url]).as_deref() == Some("balanced"),
     );
 }
+
+/// A host outside the cluster: a network namespace behind a veth pair, the
+/// node's end on 198.51.100.1/30, serving `/cgi-bin/addr` (the client's
+/// address as it sees it) with busybox httpd on 198.51.100.2:8080. Removed
+/// on drop.
+struct OutsideHost {
+    netns: String,
+    server: std::process::Child,
+    _www: tempfile::TempDir,
+}
+
+impl OutsideHost {
+    fn start() -> Self {
+        let netns = format!("skiff-test-{}-out", std::process::id());
+        let link = format!("skout{}", std::process::id() % 100_000);
+        let www = tempfile::tempdir().expect("tempdir");
+        let cgi = www.path().join("cgi-bin/addr");
+        std::fs::create_dir_all(cgi.parent().expect("parent")).expect("cgi-bin");
+        std::fs::write(
+            &cgi,
+            "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
+        )
+        .expect("cgi script");
+        let run = |args: &[&str]| {
+            let status = Command::new("ip").args(args).status().expect("run ip");
+            assert!(status.success(), "ip {args:?}");
+        };
+        run(&["netns", "add", &netns]);
+        let mut host = OutsideHost {
+            netns: netns.clone(),
+            server: Command::new("true").spawn().expect("placeholder"),
+            _www: www,
+        };
+        run(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ]);
+        run(&["addr", "add", "198.51.100.1/30", "dev", &link]);
+        run(&["link", "set", &link, "up"]);
+        run(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            "198.51.100.2/30",
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &netns, "link", "set", "eth0", "up"]);
+        std::process::Command::new("chmod")
+            .args(["+x"])
+            .arg(&cgi)
+            .status()
+            .expect("chmod");
+        host.server = Command::new("ip")
+            .args(["netns", "exec", &netns, "busybox", "httpd", "-f"])
+            .args(["-p", "198.51.100.2:8080", "-h"])
+            .arg(host._www.path())
+            .spawn()
+            .expect("start busybox httpd in the outside namespace");
+        let address = std::net::SocketAddr::from(([198, 51, 100, 2], 8080));
+        eventually("the outside server listening", FOLLOW_TIMEOUT, || {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
+        });
+        host
+    }
+}
+
+impl Drop for OutsideHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+#[test]
+fn pods_reach_outside_hosts_through_the_node_address_and_keep_theirs_inside() {
+    wait_node_ready();
+    let outside = OutsideHost::start();
+    let ns = cluster().namespace("egress");
+    let ns = ns.name();
+    let echo_server = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/addr && chmod +x /www/cgi-bin/addr && exec httpd -f -p 0.0.0.0:8080 -h /www"]
+"#
+    );
+    apply(
+        ns,
+        &format!("{echo_server}---{}", client_pod("client", "app: client")),
+    );
+    wait_running(ns, "echo");
+    wait_running(ns, "client");
+
+    let seen_outside = get_from_pod(ns, "client", "http://198.51.100.2:8080/cgi-bin/addr", 1);
+    assert_eq!(
+        seen_outside,
+        ["198.51.100.1"],
+        "the outside host sees the node's address on its link"
+    );
+    let echo = format!("http://{}:8080/cgi-bin/addr", pod_ip(ns, "echo"));
+    assert_eq!(
+        get_from_pod(ns, "client", &echo, 1),
+        [pod_ip(ns, "client")],
+        "a pod sees another pod's own address"
+    );
+    drop(outside);
+}

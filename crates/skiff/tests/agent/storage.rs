@@ -65,6 +65,84 @@ fn claim_phase(ns: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A container that sleeps and exits at once on SIGTERM.
+const SLEEP: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+
+/// A claim `name` of `class` asking for `size`, and a pod `name` (label
+/// `app: name`) running `script` with the claim mounted at /data.
+fn claim_and_pod(name: &str, class: &str, size: &str, script: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}}}
+spec:
+  storageClassName: {class}
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: {size}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["sh", "-c", "{script}"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: {name}}}}}
+"#
+    )
+}
+
+/// StatefulSet `name` (pods labelled `app: name`, started in parallel) of
+/// `replicas` running `script`, each with a claim `data` of `size` at /data;
+/// `extra` is more of its spec, as indented YAML lines.
+fn statefulset(name: &str, replicas: u32, extra: &str, script: &str, size: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}}}
+spec:
+  serviceName: {name}
+  replicas: {replicas}
+  podManagementPolicy: Parallel
+{extra}  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {IMAGE}
+        command: ["sh", "-c", "{script}"]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: {size}}}}}
+"#
+    )
+}
+
+/// Creates StorageClass `name` of the local-path provisioner with
+/// WaitForFirstConsumer binding, `reclaim` policy and `extra` top-level
+/// YAML lines.
+fn local_path_class(name: &str, reclaim: &str, extra: &str) {
+    cluster().kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {name}}}\n\
+             provisioner: rancher.io/local-path\nreclaimPolicy: {reclaim}\n\
+             volumeBindingMode: WaitForFirstConsumer\n{extra}"
+        ),
+    );
+}
+
 /// The host directory behind the volume bound to claim `ns/name`.
 fn volume_dir(ns: &str, name: &str) -> (String, PathBuf) {
     let claim = json(&["get", "pvc", name, "-n", ns]);
@@ -88,35 +166,14 @@ fn statefulset_claims_keep_each_replicas_data_across_deletion_and_scaling() {
     apply(
         ns,
         &format!(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: db}}
-spec: {{clusterIP: None, selector: {{app: db}}, ports: [{{port: 80}}]}}
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {{name: db}}
-spec:
-  serviceName: db
-  replicas: 3
-  podManagementPolicy: Parallel
-  selector: {{matchLabels: {{app: db}}}}
-  template:
-    metadata: {{labels: {{app: db}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: main
-        image: {IMAGE}
-        command: ["sh", "-c", "[ -f /data/id ] || hostname > /data/id; trap 'exit 0' TERM; sleep 3600 & wait"]
-        volumeMounts: [{{name: data, mountPath: /data}}]
-  volumeClaimTemplates:
-  - metadata: {{name: data}}
-    spec:
-      accessModes: [ReadWriteOnce]
-      resources: {{requests: {{storage: 64Mi}}}}
-"#
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: db}}\nspec: {{clusterIP: None, selector: {{app: db}}, ports: [{{port: 80}}]}}\n---\n{}",
+            statefulset(
+                "db",
+                3,
+                "",
+                &format!("[ -f /data/id ] || hostname > /data/id; {SLEEP}"),
+                "64Mi"
+            )
         ),
     );
     wait_ready_pods(ns, "db", 3);
@@ -228,47 +285,10 @@ fn reclaim_policies_delete_or_keep_the_data() {
     let ns = cluster().namespace("reclaim");
     let ns = ns.name();
     let retain_class = format!("retain-{ns}");
-    cluster().kubectl_stdin_ok(
-        &["apply", "-f", "-"],
-        &format!(
-            r#"
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {{name: {retain_class}}}
-provisioner: rancher.io/local-path
-reclaimPolicy: Retain
-volumeBindingMode: WaitForFirstConsumer
-"#
-        ),
-    );
-    let claim_and_pod = |name: &str, class: &str| {
-        format!(
-            r#"
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: {name}}}
-spec:
-  storageClassName: {class}
-  accessModes: [ReadWriteOnce]
-  resources: {{requests: {{storage: 8Mi}}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: {name}}}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: {IMAGE}
-    command: ["sh", "-c", "echo payload > /data/file; trap 'exit 0' TERM; sleep 3600 & wait"]
-    volumeMounts: [{{name: data, mountPath: /data}}]
-  volumes:
-  - {{name: data, persistentVolumeClaim: {{claimName: {name}}}}}
-"#
-        )
-    };
-    apply(ns, &claim_and_pod("gone", "local-path"));
-    apply(ns, &claim_and_pod("kept", &retain_class));
+    local_path_class(&retain_class, "Retain", "");
+    let writer = format!("echo payload > /data/file; {SLEEP}");
+    apply(ns, &claim_and_pod("gone", "local-path", "8Mi", &writer));
+    apply(ns, &claim_and_pod("kept", &retain_class, "8Mi", &writer));
     wait_ready_pods(ns, "gone", 1);
     wait_ready_pods(ns, "kept", 1);
     let (gone_pv, gone_dir) = volume_dir(ns, "gone");
@@ -444,4 +464,205 @@ spec:
     assert!(volumes.contains(&format!("{ns}/static")), "{volumes}");
     cluster().kubectl_ok(&["delete", "pvc", "static", "-n", ns]);
     cluster().kubectl_ok(&["delete", "pv", &pv]);
+}
+
+#[test]
+fn a_crafted_volume_path_outside_the_storage_dir_is_never_deleted() {
+    wait_node_ready();
+    let ns = cluster().namespace("crafted");
+    let ns = ns.name();
+    let victim = tempfile::Builder::new()
+        .prefix("skiff-test-victim-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::write(victim.path().join("precious"), "keep").expect("write");
+    // A volume dressed as one the local-path provisioner made on this node,
+    // Delete on release, but pointing outside the provisioner's directory.
+    let pv = format!("pvc-crafted-{ns}");
+    cluster().kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {pv}
+  annotations: {{pv.kubernetes.io/provisioned-by: rancher.io/local-path}}
+spec:
+  capacity: {{storage: 8Mi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  storageClassName: local-path
+  claimRef: {{namespace: {ns}, name: bait}}
+  hostPath: {{path: "{victim}", type: DirectoryOrCreate}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: bait, namespace: {ns}}}
+spec:
+  storageClassName: local-path
+  volumeName: {pv}
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 8Mi}}}}
+"#,
+            victim = victim.path().display(),
+            node = skiff_testing::NODE_NAME,
+        ),
+    );
+    eventually("the claim Bound", STORAGE_TIMEOUT, || {
+        claim_phase(ns, "bait") == "Bound"
+    });
+    cluster().kubectl_ok(&["delete", "pvc", "bait", "-n", ns]);
+    eventually(
+        "a VolumeFailedDelete warning on the volume",
+        STORAGE_TIMEOUT,
+        || {
+            let events = cluster().kubectl_ok(&[
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                &format!("involvedObject.name={pv},reason=VolumeFailedDelete"),
+            ]);
+            events.contains("refusing to delete")
+        },
+    );
+    assert_eq!(
+        std::fs::read_to_string(victim.path().join("precious")).expect("the victim's file"),
+        "keep"
+    );
+    assert!(
+        cluster().kubectl(&["get", "pv", &pv]).status.success(),
+        "the volume stays for an administrator to look at"
+    );
+    cluster().kubectl_ok(&["delete", "pv", &pv]);
+    assert!(victim.path().join("precious").exists());
+}
+
+#[test]
+fn claims_grow_only_in_classes_that_allow_it_and_within_limit_ranges() {
+    wait_node_ready();
+    let ns = cluster().namespace("expand");
+    let ns = ns.name();
+    let class = format!("grow-{ns}");
+    local_path_class(&class, "Delete", "allowVolumeExpansion: true\n");
+    apply(
+        ns,
+        &[
+            claim_and_pod("fixed", "local-path", "1Gi", SLEEP),
+            claim_and_pod("growing", &class, "1Gi", SLEEP),
+        ]
+        .join("---\n"),
+    );
+    wait_ready_pods(ns, "fixed", 1);
+    wait_ready_pods(ns, "growing", 1);
+    let grow = |claim: &str, size: &str| {
+        cluster().kubectl(&[
+            "patch",
+            "pvc",
+            claim,
+            "-n",
+            ns,
+            "-p",
+            &format!(r#"{{"spec":{{"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#),
+        ])
+    };
+    let stderr = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let refused = grow("fixed", "2Gi");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(refused).contains(
+            "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"
+        )
+    );
+
+    exec(ns, "growing", "echo kept > /data/f");
+    assert!(grow("growing", "3Gi").status.success());
+    eventually("the claim expanded", STORAGE_TIMEOUT, || {
+        json(&["get", "pvc", "growing", "-n", ns])["status"]["capacity"]["storage"] == "3Gi"
+    });
+    let claim = json(&["get", "pvc", "growing", "-n", ns]);
+    let volume = claim["spec"]["volumeName"].as_str().expect("bound");
+    assert_eq!(
+        json(&["get", "pv", volume])["spec"]["capacity"]["storage"],
+        "3Gi"
+    );
+    assert!(
+        claim["status"]["allocatedResourceStatuses"].is_null(),
+        "no resize left in progress: {}",
+        claim["status"]
+    );
+    let reasons = event_reasons(ns, "growing");
+    assert!(
+        reasons.iter().any(|r| r == "VolumeResizeSuccessful"),
+        "{reasons:?}"
+    );
+    assert_eq!(exec(ns, "growing", "cat /data/f"), "kept\n");
+    let shrink = grow("growing", "2Gi");
+    assert!(stderr(shrink).contains(
+        "spec.resources.requests.storage: Forbidden: field can not be less than status.capacity"
+    ));
+
+    apply(
+        ns,
+        "apiVersion: v1\nkind: LimitRange\nmetadata: {name: storage}\nspec: {limits: [{type: PersistentVolumeClaim, max: {storage: 2Gi}}]}\n",
+    );
+    cluster().kubectl_ok(&["label", "pvc", "growing", "-n", ns, "tier=db"]);
+    let over = grow("growing", "4Gi");
+    assert!(
+        stderr(over)
+            .contains("maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 4Gi")
+    );
+    cluster().kubectl_ok(&["delete", "pod", "fixed", "growing", "-n", ns]);
+    cluster().kubectl_ok(&["delete", "pvc", "fixed", "growing", "-n", ns]);
+    cluster().kubectl_ok(&["delete", "storageclass", &class]);
+}
+
+#[test]
+fn statefulset_retention_policy_delete_removes_claims_on_scale_down_and_deletion() {
+    wait_node_ready();
+    let ns = cluster().namespace("sts-retention");
+    let ns = ns.name();
+    apply(
+        ns,
+        &statefulset(
+            "cache",
+            2,
+            "  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Delete}\n",
+            SLEEP,
+            "8Mi",
+        ),
+    );
+    wait_ready_pods(ns, "cache", 2);
+    let (_, second_dir) = volume_dir(ns, "data-cache-1");
+    assert!(second_dir.is_dir());
+    let claim_exists = |name: &str| {
+        cluster()
+            .kubectl(&["get", "pvc", name, "-n", ns])
+            .status
+            .success()
+    };
+
+    cluster().kubectl_ok(&["scale", "statefulset", "cache", "-n", ns, "--replicas=1"]);
+    eventually(
+        "the scaled-away claim and its data gone",
+        STORAGE_TIMEOUT,
+        || !claim_exists("data-cache-1") && !second_dir.exists(),
+    );
+    assert!(
+        claim_exists("data-cache-0"),
+        "the remaining replica keeps its claim"
+    );
+
+    let (_, first_dir) = volume_dir(ns, "data-cache-0");
+    cluster().kubectl_ok(&["delete", "statefulset", "cache", "-n", ns]);
+    eventually("the set's claims gone with it", STORAGE_TIMEOUT, || {
+        !claim_exists("data-cache-0") && !first_dir.exists()
+    });
 }

@@ -296,10 +296,23 @@ fn claim_spec_is_immutable_but_for_binding_and_class() {
     let mut later = no_class.clone();
     later["spec"]["storageClassName"] = json!("local-path");
     assert_eq!(run(validate_pvc, &later, Some(&no_class)).len(), 1);
-    // An unbound claim may not change its request.
+    // An unbound claim may not change its request, but may spell it anew.
     let mut bigger = old.clone();
     bigger["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
     assert_eq!(run(validate_pvc, &bigger, Some(&old)).len(), 1);
+    let mut respelled = old.clone();
+    respelled["spec"]["resources"]["requests"]["storage"] = json!("1024Mi");
+    assert!(run(validate_pvc, &respelled, Some(&old)).is_empty());
+    respelled["spec"]["resources"]["requests"]["storage"] = json!("1073741824");
+    assert!(run(validate_pvc, &respelled, Some(&old)).is_empty());
+    let mut limited = old.clone();
+    limited["spec"]["resources"]["limits"] = json!({"storage": "2Gi"});
+    assert_eq!(
+        run(validate_pvc, &limited, Some(&old)),
+        [
+            "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"
+        ]
+    );
     let mut block = old.clone();
     block["spec"]["volumeMode"] = json!("Block");
     assert_eq!(
@@ -334,6 +347,17 @@ fn beta_class_annotation_may_become_the_field() {
 fn bound_claims_grow_and_shrink_only_to_their_capacity() {
     let old = bound_claim("1Gi", "1Gi");
     assert!(run(validate_pvc, &bound_claim("5Gi", "1Gi"), Some(&old)).is_empty());
+    // Only the storage request may change: other requests and limits may not.
+    let mut other = bound_claim("5Gi", "1Gi");
+    other["spec"]["resources"]["limits"] = json!({"storage": "5Gi"});
+    assert_eq!(
+        run(validate_pvc, &other, Some(&old)),
+        [
+            "spec: Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"
+        ]
+    );
+    // The same size spelled otherwise is neither growth nor shrinking.
+    assert!(run(validate_pvc, &bound_claim("1024Mi", "1Gi"), Some(&old)).is_empty());
     assert_eq!(
         run(validate_pvc, &bound_claim("500Mi", "1Gi"), Some(&old)),
         ["spec.resources.requests.storage: Forbidden: field can not be less than status.capacity"]
