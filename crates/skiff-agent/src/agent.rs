@@ -119,6 +119,7 @@ pub async fn run(
     let (socket, containerd) = match &options.container_runtime_endpoint {
         Some(socket) => (socket.clone(), None),
         None => {
+            prepare_netns_dir()?;
             let containerd = start_containerd(&options.dir).await?;
             (containerd.address().to_path_buf(), Some(containerd))
         }
@@ -303,6 +304,22 @@ async fn wait_for_cri(
     }
 }
 
+/// Makes `/run/netns` removal-safe before the private containerd mounts pod
+/// network namespaces there (see [`crate::network::netns_dir`]).
+fn prepare_netns_dir() -> Result<(), AgentError> {
+    use crate::network::netns_dir::{NETNS_DIR, Preparation, prepare};
+
+    match prepare(Path::new(NETNS_DIR)).map_err(io_error(format!("preparing {NETNS_DIR}")))? {
+        Preparation::LeftAlone { mounted } => tracing::warn!(
+            mounted,
+            "{NETNS_DIR} is not a mount point but holds network namespaces; a later              `ip netns add` would make their pods impossible to remove"
+        ),
+        Preparation::Mounted => tracing::debug!("{NETNS_DIR} made a shared mount point"),
+        Preparation::AlreadyMountPoint => {}
+    }
+    Ok(())
+}
+
 /// Writes the built-in images into the airgap dir, starts the private
 /// containerd and imports every tarball there.
 async fn start_containerd(dir: &Path) -> Result<Containerd, AgentError> {
@@ -336,23 +353,12 @@ pub async fn killall(dir: &Path) -> Result<(), AgentError> {
     } else {
         None
     };
-    if let Some(containerd) = &containerd {
-        let cri = CriClient::connect(containerd.address()).await?;
-        wait_for_cri(&cri).await?;
-        let sandboxes = cri
-            .list_pod_sandbox(skiff_cri::v1::ListPodSandboxRequest::default())
-            .await?
-            .items;
-        for sandbox in sandboxes {
-            let id = sandbox.id;
-            cri.stop_pod_sandbox(skiff_cri::v1::StopPodSandboxRequest {
-                pod_sandbox_id: id.clone(),
-            })
-            .await?;
-            cri.remove_pod_sandbox(skiff_cri::v1::RemovePodSandboxRequest { pod_sandbox_id: id })
-                .await?;
-        }
-    }
+    // Every sandbox is tried and the rest of the cleanup still runs when one
+    // fails; the first failure is reported at the end.
+    let removed = match &containerd {
+        Some(containerd) => remove_sandboxes(containerd.address()).await,
+        None => Ok(()),
+    };
     stop_containerd(containerd).await?;
     unmount_below(dir)?;
     crate::network::egress::remove()?;
@@ -367,7 +373,41 @@ pub async fn killall(dir: &Path) -> Result<(), AgentError> {
             tracing::warn!(bridge, error = %e, "cannot run `ip link delete`");
         }
     }
-    Ok(())
+    removed
+}
+
+/// Stops and removes every pod sandbox of the runtime at `socket`, going on
+/// past failures; returns the first.
+async fn remove_sandboxes(socket: &Path) -> Result<(), AgentError> {
+    let cri = CriClient::connect(socket).await?;
+    wait_for_cri(&cri).await?;
+    let sandboxes = cri
+        .list_pod_sandbox(skiff_cri::v1::ListPodSandboxRequest::default())
+        .await?
+        .items;
+    let mut first_failure = None;
+    for sandbox in sandboxes {
+        let id = sandbox.id;
+        let stopped = cri
+            .stop_pod_sandbox(skiff_cri::v1::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await;
+        let removed = match stopped {
+            Ok(_) => cri
+                .remove_pod_sandbox(skiff_cri::v1::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = removed {
+            tracing::warn!(sandbox = id, %error, "cannot remove a pod sandbox");
+            first_failure.get_or_insert(error);
+        }
+    }
+    first_failure.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// The bridge named in the agent's installed CNI config, if any.
@@ -385,10 +425,7 @@ fn installed_bridge(dir: &Path) -> Option<String> {
 fn unmount_below(dir: &Path) -> Result<(), AgentError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_error("reading /proc/self/mountinfo"))?;
-    let mut targets: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
+    let mut targets: Vec<PathBuf> = crate::volumes::mount::mount_points(&mountinfo)
         .filter(|target| target.starts_with(dir))
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
@@ -398,41 +435,4 @@ fn unmount_below(dir: &Path) -> Result<(), AgentError> {
         }
     }
     Ok(())
-}
-
-/// Mount paths in mountinfo escape space, tab, newline and backslash as
-/// three-digit octal.
-fn unescape_mount_path(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            let digits = &field[i + 1..i + 4];
-            if let Ok(value) = u8::from_str_radix(digits, 8) {
-                out.push(value);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path("/a\\040b"), PathBuf::from("/a b"));
-        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
-        assert_eq!(unescape_mount_path("/x\\134y"), PathBuf::from("/x\\y"));
-        assert_eq!(
-            unescape_mount_path("/trail\\04"),
-            PathBuf::from("/trail\\04")
-        );
-    }
 }

@@ -14,7 +14,7 @@
 //!
 //! Beside the conflist, the node masquerades pod traffic leaving the cluster
 //! network ([`egress`]) and routes to the other nodes' pod subnets
-//! ([`routes`]).
+//! ([`routes`]); [`netns_dir`] keeps pod network namespaces removable.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 pub mod egress;
+pub mod netns_dir;
 pub mod routes;
 
 /// Name of the conflist file; `10-` sorts it before anything a user drops in.

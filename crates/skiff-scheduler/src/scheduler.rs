@@ -714,13 +714,9 @@ struct ClusterState {
     /// Pods placed in the snapshot whose binding is not yet confirmed by the
     /// watch, with their node.
     assumed: HashMap<PodKey, String>,
-    /// Objects of a re-list in progress (between `Init` and `InitDone`).
-    node_relist: Option<Vec<Node>>,
-    pod_relist: Option<Vec<Pod>>,
-    namespace_relist: Option<Vec<Namespace>>,
-    nodes_synced: bool,
-    pods_synced: bool,
-    namespaces_synced: bool,
+    nodes: Relist<Node>,
+    pods: Relist<Pod>,
+    namespaces: Relist<Namespace>,
     claims: Relist<PersistentVolumeClaim>,
     volumes: Relist<PersistentVolume>,
     classes: Relist<StorageClass>,
@@ -779,6 +775,18 @@ impl<K> Relist<K> {
     }
 }
 
+/// The keys in `known` that a finished re-list (`listed`) no longer holds.
+fn unlisted<'a>(
+    known: impl Iterator<Item = &'a str>,
+    listed: impl Iterator<Item = String>,
+) -> Vec<String> {
+    let listed: HashSet<String> = listed.collect();
+    known
+        .filter(|key| !listed.contains(*key))
+        .map(str::to_string)
+        .collect()
+}
+
 /// How one kind of object is kept in the snapshot.
 struct CacheOps<K> {
     /// The object's key in the cache.
@@ -800,12 +808,13 @@ impl<K> CacheOps<K> {
                 false
             }
             Change::Replace(listed) => {
-                let keys: HashSet<String> = listed.iter().map(self.key).collect();
-                for gone in (self.keys)(snapshot)
-                    .into_iter()
-                    .filter(|k| !keys.contains(k))
-                {
-                    (self.remove)(snapshot, &gone);
+                let known = (self.keys)(snapshot);
+                let gone = unlisted(
+                    known.iter().map(String::as_str),
+                    listed.iter().map(self.key),
+                );
+                for key in gone {
+                    (self.remove)(snapshot, &key);
                 }
                 listed
                     .into_iter()
@@ -866,12 +875,9 @@ impl ClusterState {
             snapshot: Snapshot::new(),
             queue: SchedulingQueue::new(),
             assumed: HashMap::new(),
-            node_relist: None,
-            pod_relist: None,
-            namespace_relist: None,
-            nodes_synced: false,
-            pods_synced: false,
-            namespaces_synced: false,
+            nodes: Relist::default(),
+            pods: Relist::default(),
+            namespaces: Relist::default(),
             claims: Relist::default(),
             volumes: Relist::default(),
             classes: Relist::default(),
@@ -883,9 +889,9 @@ impl ClusterState {
 
     /// Whether every informer has listed once, so decisions see the cluster.
     fn synced(&self) -> bool {
-        self.nodes_synced
-            && self.pods_synced
-            && self.namespaces_synced
+        self.nodes.synced
+            && self.pods.synced
+            && self.namespaces.synced
             && self.claims.synced
             && self.volumes.synced
             && self.classes.synced
@@ -974,35 +980,23 @@ impl ClusterState {
     }
 
     fn on_namespace_event(&mut self, event: Event<Namespace>) {
-        match event {
-            Event::Apply(ns) => self.apply_namespace(ns),
-            Event::Delete(ns) => {
+        match self.namespaces.on_event(event) {
+            Some(Change::Apply(ns)) => self.apply_namespace(ns),
+            Some(Change::Delete(ns)) => {
                 if let Some(name) = ns.metadata.name.as_deref() {
                     self.snapshot.remove_namespace(name);
                 }
             }
-            Event::Init => self.namespace_relist = Some(Vec::new()),
-            Event::InitApply(ns) => self.namespace_relist.get_or_insert_with(Vec::new).push(ns),
-            Event::InitDone => {
-                let listed = self.namespace_relist.take().unwrap_or_default();
-                let names: HashSet<String> = listed
-                    .iter()
-                    .filter_map(|n| n.metadata.name.clone())
-                    .collect();
-                let gone: Vec<String> = self
-                    .snapshot
-                    .namespace_names()
-                    .filter(|n| !names.contains(*n))
-                    .map(str::to_string)
-                    .collect();
-                for name in gone {
+            Some(Change::Replace(listed)) => {
+                let names = listed.iter().filter_map(|n| n.metadata.name.clone());
+                for name in unlisted(self.snapshot.namespace_names(), names) {
                     self.snapshot.remove_namespace(&name);
                 }
                 for ns in listed {
                     self.apply_namespace(ns);
                 }
-                self.namespaces_synced = true;
             }
+            None => {}
         }
     }
 
@@ -1037,35 +1031,23 @@ impl ClusterState {
     }
 
     fn on_node_event(&mut self, event: Event<Node>) {
-        match event {
-            Event::Apply(node) => self.apply_node(node),
-            Event::Delete(node) => {
+        match self.nodes.on_event(event) {
+            Some(Change::Apply(node)) => self.apply_node(node),
+            Some(Change::Delete(node)) => {
                 if let Some(name) = node.metadata.name.as_deref() {
                     self.snapshot.remove_node(name);
                 }
             }
-            Event::Init => self.node_relist = Some(Vec::new()),
-            Event::InitApply(node) => self.node_relist.get_or_insert_with(Vec::new).push(node),
-            Event::InitDone => {
-                let listed = self.node_relist.take().unwrap_or_default();
-                let names: HashSet<String> = listed
-                    .iter()
-                    .filter_map(|n| n.metadata.name.clone())
-                    .collect();
-                let gone: Vec<String> = self
-                    .snapshot
-                    .node_names()
-                    .filter(|n| !names.contains(*n))
-                    .map(str::to_string)
-                    .collect();
-                for name in gone {
+            Some(Change::Replace(listed)) => {
+                let names = listed.iter().filter_map(|n| n.metadata.name.clone());
+                for name in unlisted(self.snapshot.node_names(), names) {
                     self.snapshot.remove_node(&name);
                 }
                 for node in listed {
                     self.apply_node(node);
                 }
-                self.nodes_synced = true;
             }
+            None => {}
         }
     }
 
@@ -1085,29 +1067,20 @@ impl ClusterState {
     }
 
     fn on_pod_event(&mut self, event: Event<Pod>) {
-        match event {
-            Event::Apply(pod) => self.apply_pod(pod),
-            Event::Delete(pod) => self.delete_pod(&pod_key(&pod)),
-            Event::Init => self.pod_relist = Some(Vec::new()),
-            Event::InitApply(pod) => self.pod_relist.get_or_insert_with(Vec::new).push(pod),
-            Event::InitDone => {
-                let listed = self.pod_relist.take().unwrap_or_default();
-                let keys: HashSet<PodKey> = listed.iter().map(pod_key).collect();
-                let gone: Vec<PodKey> = self
-                    .snapshot
-                    .placed_keys()
-                    .chain(self.queue.keys())
-                    .filter(|k| !keys.contains(*k))
-                    .cloned()
-                    .collect();
+        match self.pods.on_event(event) {
+            Some(Change::Apply(pod)) => self.apply_pod(pod),
+            Some(Change::Delete(pod)) => self.delete_pod(&pod_key(&pod)),
+            Some(Change::Replace(listed)) => {
+                let known = self.snapshot.placed_keys().chain(self.queue.keys());
+                let gone = unlisted(known.map(String::as_str), listed.iter().map(pod_key));
                 for key in gone {
                     self.delete_pod(&key);
                 }
                 for pod in listed {
                     self.apply_pod(pod);
                 }
-                self.pods_synced = true;
             }
+            None => {}
         }
     }
 
@@ -1397,7 +1370,7 @@ mod tests {
                 pod("pending", "1", ""),
             ],
         );
-        assert!(state.nodes_synced && state.pods_synced);
+        assert!(state.nodes.synced && state.pods.synced);
         assert_eq!(state.snapshot.node("n1").unwrap().requested.milli_cpu, 1000);
         assert!(state.queue.contains("default/pending"));
         assert!(!state.queue.contains("default/running"));

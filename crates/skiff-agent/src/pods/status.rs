@@ -458,9 +458,61 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     }
 }
 
+/// Whether the API holds a different phase or condition status than the
+/// agent's `computed` one: another writer changed it (the node lifecycle
+/// controller marks pods not Ready while their node is silent), and the
+/// agent's view has to be written again even though it did not change.
+pub fn overwritten(api: Option<&PodStatus>, computed: &PodStatus) -> bool {
+    let Some(api) = api else {
+        return true;
+    };
+    if api.phase != computed.phase {
+        return true;
+    }
+    let api_conditions = api.conditions.as_deref().unwrap_or_default();
+    computed.conditions.iter().flatten().any(|ours| {
+        api_conditions
+            .iter()
+            .find(|c| c.type_ == ours.type_)
+            .is_none_or(|theirs| theirs.status != ours.status)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(status: &str) -> PodStatus {
+        PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: status.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_condition_changed_by_another_writer_is_overwritten() {
+        assert!(overwritten(Some(&ready("False")), &ready("True")));
+        assert!(overwritten(None, &ready("True")));
+        let mut other_phase = ready("True");
+        other_phase.phase = Some("Pending".into());
+        assert!(overwritten(Some(&other_phase), &ready("True")));
+    }
+
+    #[test]
+    fn conditions_of_other_writers_alone_are_no_change() {
+        let mut api = ready("True");
+        api.conditions.get_or_insert_default().push(PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            ..Default::default()
+        });
+        assert!(!overwritten(Some(&api), &ready("True")));
+    }
 
     #[test]
     fn a_terminal_phase_in_the_api_is_kept() {

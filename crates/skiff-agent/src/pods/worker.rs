@@ -1134,7 +1134,9 @@ impl Shared {
             serde_json::to_value(&computed).map_err(|e| SyncError::Config(e.to_string()))?;
         let mut comparable = value.clone();
         strip_times(&mut comparable);
-        if memory.last_status.as_ref() == Some(&comparable) {
+        if memory.last_status.as_ref() == Some(&comparable)
+            && !status::overwritten(pod.status.as_ref(), &computed)
+        {
             return Ok(Next::After(RESYNC));
         }
         let api: Api<Pod> = Api::namespaced(

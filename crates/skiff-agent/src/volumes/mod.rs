@@ -61,7 +61,7 @@
 mod atomic;
 mod claim;
 mod hostpath;
-mod mount;
+pub(crate) mod mount;
 mod ownership;
 mod payload;
 mod subpath;

@@ -101,7 +101,7 @@ impl Mounter for LinuxMounter {
 
 /// The mount points of a `/proc/self/mountinfo` table: the fifth field of
 /// each line, with the kernel's octal escapes (`\040` for a space) undone.
-pub(super) fn mount_points(table: &str) -> impl Iterator<Item = PathBuf> + '_ {
+pub(crate) fn mount_points(table: &str) -> impl Iterator<Item = PathBuf> + '_ {
     use std::os::unix::ffi::OsStringExt;
 
     table.lines().filter_map(|line| {
