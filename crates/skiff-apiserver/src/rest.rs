@@ -178,6 +178,7 @@ impl Rest {
         skiff_api::defaults::admission_defaults(rt.group, rt.kind, &mut obj);
         admission::priority(self, rt, &name, &mut obj).await?;
         admission::storage::admit(self, rt, &mut obj).await?;
+        admission::ingress_class::admit(self, rt, &mut obj).await?;
         admission::limit_ranges(self, rt, &mut obj).await?;
         admission::service_account::admit(self, rt, &name, &mut obj).await?;
         if rt.group == "batch" && rt.kind == "Job" {

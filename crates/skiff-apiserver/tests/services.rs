@@ -1,5 +1,6 @@
 //! Service address allocation through the HTTP API, over the in-memory store:
-//! concurrent writers, restarts, releases, upstream's 422s and type changes.
+//! concurrent writers, restarts, releases, upstream's 422s and type changes;
+//! and the DefaultIngressClass plugin.
 
 mod common;
 
@@ -474,4 +475,47 @@ async fn type_changes_allocate_and_release() {
     assert_eq!(status, StatusCode::OK, "{back}");
     let new_ip = ip_of(&back);
     assert!(api.addresses().await.contains(&(new_ip, "web".to_string())));
+}
+
+#[tokio::test]
+async fn ingresses_without_a_class_get_the_default_ingress_class() {
+    const INGRESSES: &str = "/apis/networking.k8s.io/v1/namespaces/default/ingresses";
+    let api = Api::new().await;
+    let ingress = |name: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name},
+            "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}})
+    };
+    let (code, before) = api
+        .call("POST", INGRESSES, "application/json", ingress("before"))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{before}");
+    assert!(before["spec"].get("ingressClassName").is_none(), "{before}");
+
+    let class = json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": {"name": "skiff",
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+        "spec": {"controller": "skiff.dev/ingress"}});
+    let (code, body) = api
+        .call(
+            "POST",
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            "application/json",
+            class,
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    let (code, defaulted) = api
+        .call("POST", INGRESSES, "application/json", ingress("after"))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{defaulted}");
+    assert_eq!(defaulted["spec"]["ingressClassName"], "skiff");
+
+    let mut legacy = ingress("legacy");
+    legacy["metadata"]["annotations"] = json!({"kubernetes.io/ingress.class": "nginx"});
+    let (code, kept) = api
+        .call("POST", INGRESSES, "application/json", legacy)
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{kept}");
+    assert!(kept["spec"].get("ingressClassName").is_none(), "{kept}");
 }

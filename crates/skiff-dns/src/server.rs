@@ -208,11 +208,10 @@ impl Handler {
                 metadata.response_code = response.code;
                 let mut answers = response.answers;
                 if let Some(target) = response.chase {
+                    // The cluster name exists, so the rcode stays NOERROR
+                    // whatever upstream says of the target (as CoreDNS).
                     match self.forwarder.lookup(&target, query.query_type()).await {
-                        Ok(completion) => {
-                            metadata.response_code = completion.metadata.response_code;
-                            answers.extend(completion.answers);
-                        }
+                        Ok(completion) => answers.extend(completion.answers),
                         Err(error) => {
                             tracing::debug!(%target, %error, "completing an ExternalName failed");
                         }

@@ -2,7 +2,8 @@
 //! LimitRanger, ServiceAccount ([`service_account`]), ResourceQuota,
 //! DefaultStorageClass with
 //! StorageObjectInUseProtection and PersistentVolumeClaimResize
-//! ([`storage`]), and the PodDisruptionBudget check of pod eviction.
+//! ([`storage`]), DefaultIngressClass ([`ingress_class`]), and the
+//! PodDisruptionBudget check of pod eviction.
 //!
 //! Defaulting and validation look at one object alone; these look at the
 //! namespace around it, so they run inside [`Rest::create`] at upstream's
@@ -20,7 +21,9 @@
 //! itself, so concurrent creates cannot both take the last unit of quota and
 //! concurrent evictions cannot both take the last allowed disruption.
 
+pub mod default_class;
 pub mod eviction;
+pub mod ingress_class;
 pub mod limit_range;
 pub mod priority;
 pub mod quota;

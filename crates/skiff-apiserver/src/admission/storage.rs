@@ -30,12 +30,11 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use skiff_api::quantity::Quantity;
 use skiff_api::registry::ResourceType;
-use skiff_store::RangeRequest;
 
-use crate::cache::object_key;
+use super::default_class;
 use crate::error::{ApiError, ApiResult};
 use crate::object;
-use crate::rest::{self, ObjectRef, Rest};
+use crate::rest::{ObjectRef, Rest};
 
 /// Holds a claim while a pod uses it.
 pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
@@ -56,7 +55,7 @@ pub async fn admit(rest: &Rest, rt: &'static ResourceType, obj: &mut Value) -> A
     match (rt.group, rt.kind) {
         ("", "PersistentVolumeClaim") => {
             if !claim_has_class(obj) {
-                let classes = list_classes(rest).await?;
+                let classes = default_class::list(rest, "storage.k8s.io", "storageclasses").await?;
                 set_default_class(obj, &classes);
             }
             add_finalizer(obj, PVC_PROTECTION_FINALIZER);
@@ -161,20 +160,6 @@ pub fn allows_expansion(class: &Value) -> bool {
     class["allowVolumeExpansion"] == true
 }
 
-/// Every StorageClass, from the store.
-async fn list_classes(rest: &Rest) -> ApiResult<Vec<Value>> {
-    let rt = super::resource("storage.k8s.io", "storageclasses");
-    let page = rest
-        .store()
-        .range(RangeRequest::prefix(&object_key(rt, None, "")))
-        .await
-        .map_err(|e| ApiError::internal(format!("listing storageclasses: {e}")))?;
-    page.kvs
-        .iter()
-        .map(|kv| rest::decode(rt, kv).map(|cached| cached.object.clone()))
-        .collect()
-}
-
 /// Whether `claim` asks for a class (possibly `""`, no class) by field or by
 /// the beta annotation.
 pub fn claim_has_class(claim: &Value) -> bool {
@@ -188,34 +173,15 @@ pub fn claim_has_class(claim: &Value) -> bool {
             .is_some_and(|c| !c.is_null())
 }
 
-/// Whether `class` is annotated as the default.
-pub fn is_default_class(class: &Value) -> bool {
-    let annotations = &class["metadata"]["annotations"];
-    [
-        IS_DEFAULT_CLASS_ANNOTATION,
-        BETA_IS_DEFAULT_CLASS_ANNOTATION,
-    ]
-    .iter()
-    .any(|key| annotations[*key] == "true")
-}
-
-/// The default class among `classes`: the newest of those annotated default,
-/// the first by name among equally new ones.
+/// The default StorageClass among `classes`.
 pub fn default_class(classes: &[Value]) -> Option<&Value> {
-    let created = |class: &Value| -> jiff::Timestamp {
-        class["metadata"]["creationTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(jiff::Timestamp::MIN)
-    };
-    classes
-        .iter()
-        .filter(|class| is_default_class(class))
-        .min_by(|a, b| {
-            created(b)
-                .cmp(&created(a))
-                .then_with(|| object::name(a).cmp(object::name(b)))
-        })
+    default_class::choose(
+        classes,
+        &[
+            IS_DEFAULT_CLASS_ANNOTATION,
+            BETA_IS_DEFAULT_CLASS_ANNOTATION,
+        ],
+    )
 }
 
 /// Sets `spec.storageClassName` of `claim` to the default class, if there is

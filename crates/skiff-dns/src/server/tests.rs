@@ -191,7 +191,11 @@ fn snapshot() -> Records {
         vec![slice_port("http", 80, "TCP")],
     );
     let search = external("default", "search", "www.example.com");
-    build(vec![web, sts, many, search], vec![sts_slice, many_slice])
+    let gone = external("default", "gone", "missing.example");
+    build(
+        vec![web, sts, many, search, gone],
+        vec![sts_slice, many_slice],
+    )
 }
 
 #[tokio::test]
@@ -351,6 +355,11 @@ async fn external_names_are_completed_from_upstream() {
             "www.example.com. 60 IN A 192.0.2.81",
         ]
     );
+    // A target upstream does not know: the CNAME alone, NOERROR, as CoreDNS
+    // answers (the rcode is the cluster name's, which exists).
+    let response = query(&mut udp, "gone.default.svc.cluster.local.", RecordType::A).await;
+    assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(data(&response.answers), ["missing.example."]);
     server.stop().await;
 }
 
