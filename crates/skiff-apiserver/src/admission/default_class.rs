@@ -27,6 +27,17 @@ pub async fn list(rest: &Rest, group: &str, plural: &str) -> ApiResult<Vec<Value
         .collect()
 }
 
+/// Whether `obj` names its class, by the legacy `annotation` or by
+/// `spec.<field>` (possibly `""`, asking for no class): only an object that
+/// does neither gets the default.
+pub fn names_class(obj: &Value, annotation: &str, field: &str) -> bool {
+    let annotated = obj
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(annotation))
+        .is_some();
+    annotated || obj["spec"].get(field).is_some_and(|c| !c.is_null())
+}
+
 /// Whether `class` has one of `annotations` set to `"true"`.
 pub fn is_default(class: &Value, annotations: &[&str]) -> bool {
     let set = &class["metadata"]["annotations"];

@@ -28,14 +28,7 @@ pub async fn admit(rest: &Rest, rt: &'static ResourceType, obj: &mut Value) -> A
 }
 
 fn names_class(ingress: &Value) -> bool {
-    let annotated = ingress
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(INGRESS_CLASS_ANNOTATION))
-        .is_some();
-    annotated
-        || ingress["spec"]
-            .get("ingressClassName")
-            .is_some_and(|c| !c.is_null())
+    default_class::names_class(ingress, INGRESS_CLASS_ANNOTATION, "ingressClassName")
 }
 
 fn set_default_class(ingress: &mut Value, classes: &[Value]) -> Option<String> {

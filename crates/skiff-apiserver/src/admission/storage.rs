@@ -163,14 +163,7 @@ pub fn allows_expansion(class: &Value) -> bool {
 /// Whether `claim` asks for a class (possibly `""`, no class) by field or by
 /// the beta annotation.
 pub fn claim_has_class(claim: &Value) -> bool {
-    let annotated = claim
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(BETA_STORAGE_CLASS_ANNOTATION))
-        .is_some();
-    annotated
-        || claim["spec"]
-            .get("storageClassName")
-            .is_some_and(|c| !c.is_null())
+    default_class::names_class(claim, BETA_STORAGE_CLASS_ANNOTATION, "storageClassName")
 }
 
 /// The default StorageClass among `classes`.
