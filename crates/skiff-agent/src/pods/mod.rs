@@ -79,7 +79,7 @@ pub(crate) struct Shared {
     recorder: EventRecorder,
     objects: Arc<dyn ObjectSource>,
     backoff: Mutex<backoff::Backoff>,
-    pull_failures: Mutex<HashMap<String, SystemTime>>,
+    pull_failures: Mutex<HashMap<String, (SystemTime, String)>>,
     /// Container ids whose liveness (or startup) probe failed.
     unhealthy: Mutex<HashSet<String>>,
     /// Pods the eviction manager evicted, by uid, with the message of their

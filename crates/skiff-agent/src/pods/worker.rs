@@ -31,6 +31,9 @@ const SOON: Duration = Duration::from_secs(1);
 /// How often to sync a steady pod (configMap/secret volumes follow updates
 /// at this pace).
 pub const RESYNC: Duration = Duration::from_secs(10);
+/// How long a failed pull is reported as ErrImagePull before
+/// ImagePullBackOff (half the first back-off, so both are seen).
+const ERR_IMAGE_PULL_SHOWN: Duration = Duration::from_secs(5);
 
 /// Where the cgroup hierarchies are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -724,10 +727,16 @@ impl Shared {
         }
         let key = format!("{}/pull/{image}", uid(pod));
         let now = SystemTime::now();
-        let last_failure = self.pull_failures().get(&key).copied();
-        if let Some(failed_at) = last_failure
+        let last_failure = self.pull_failures().get(&key).cloned();
+        if let Some((failed_at, failure)) = last_failure
             && self.backoff().remaining(&key, failed_at, now).is_some()
         {
+            // A failed pull shows as ErrImagePull for a while before the
+            // back-off does, as upstream's pod worker (which retries a failed
+            // sync after 10 s) shows it, not for one 1 s resync only.
+            if now.duration_since(failed_at).unwrap_or_default() < ERR_IMAGE_PULL_SHOWN {
+                return Err(Waiting::new("ErrImagePull", failure));
+            }
             let message = format!("Back-off pulling image \"{image}\"");
             self.event(pod, field, EventType::Normal, "BackOff", &message);
             return Err(Waiting::new("ImagePullBackOff", message));
@@ -760,8 +769,9 @@ impl Shared {
                 Ok(pulled.image_ref)
             }
             Err(e) => {
-                self.pull_failures().insert(key, SystemTime::now());
                 let message = format!("Failed to pull image \"{image}\": {}", e.message());
+                self.pull_failures()
+                    .insert(key, (SystemTime::now(), message.clone()));
                 self.event(pod, field.clone(), EventType::Warning, "Failed", &message);
                 self.event(
                     pod,
@@ -775,7 +785,7 @@ impl Shared {
         }
     }
 
-    fn pull_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, SystemTime>> {
+    fn pull_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (SystemTime, String)>> {
         super::lock(&self.pull_failures)
     }
 
