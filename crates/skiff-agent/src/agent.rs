@@ -312,7 +312,8 @@ fn prepare_netns_dir() -> Result<(), AgentError> {
     match prepare(Path::new(NETNS_DIR)).map_err(io_error(format!("preparing {NETNS_DIR}")))? {
         Preparation::LeftAlone { mounted } => tracing::warn!(
             mounted,
-            "{NETNS_DIR} is not a mount point but holds network namespaces; a later              `ip netns add` would make their pods impossible to remove"
+            "{NETNS_DIR} is not a mount point but holds network namespaces; a later \
+             `ip netns add` would make their pods impossible to remove"
         ),
         Preparation::Mounted => tracing::debug!("{NETNS_DIR} made a shared mount point"),
         Preparation::AlreadyMountPoint => {}
@@ -388,20 +389,18 @@ async fn remove_sandboxes(socket: &Path) -> Result<(), AgentError> {
     let mut first_failure = None;
     for sandbox in sandboxes {
         let id = sandbox.id;
-        let stopped = cri
-            .stop_pod_sandbox(skiff_cri::v1::StopPodSandboxRequest {
+        let removed = async {
+            cri.stop_pod_sandbox(skiff_cri::v1::StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),
             })
-            .await;
-        let removed = match stopped {
-            Ok(_) => cri
-                .remove_pod_sandbox(skiff_cri::v1::RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await
-                .map(drop),
-            Err(e) => Err(e),
-        };
+            .await?;
+            cri.remove_pod_sandbox(skiff_cri::v1::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .map(drop)
+        }
+        .await;
         if let Err(error) = removed {
             tracing::warn!(sandbox = id, %error, "cannot remove a pod sandbox");
             first_failure.get_or_insert(error);

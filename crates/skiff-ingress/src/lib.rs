@@ -103,7 +103,7 @@ pub async fn run(
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
-            .map_err(|source| IngressError::Bind { address, source })
+            .map_err(bind_error(address))
     };
     let http = bind(config.http_address).await?;
     let https = bind(config.https_address).await?;
@@ -155,8 +155,8 @@ struct Listeners {
 /// single-threaded runtime: every request hops between the client socket,
 /// the backend socket and the pool's connection task, and on the server's
 /// shared multi-threaded runtime each hop could wake another worker thread.
-/// Profiles under load put those wake-ups and context switches above a
-/// fifth of the proxy's CPU; one event loop per proxy, as nginx has per
+/// Profiles under load put those wake-ups and context switches at about a
+/// quarter of the server's CPU; one event loop per proxy, as nginx has per
 /// worker, avoids them.
 async fn serve_on_own_thread(
     routes: watch::Receiver<Arc<RoutingTable>>,
