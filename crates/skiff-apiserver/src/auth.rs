@@ -30,6 +30,10 @@ pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 pub const ANONYMOUS_USER: &str = "system:anonymous";
 /// The group of requests without credentials.
 pub const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
+/// The user of components in the API server's process.
+pub const LOOPBACK_USER: &str = "system:apiserver";
+/// The group with every permission.
+pub const MASTERS_GROUP: &str = "system:masters";
 /// The group of bootstrap token users.
 pub const BOOTSTRAPPERS_GROUP: &str = "system:bootstrappers";
 
@@ -88,6 +92,22 @@ impl PeerIdentity {
                 user: Some(Arc::new(certificate_user(leaf.as_ref()))),
             },
             None => PeerIdentity::default(),
+        }
+    }
+}
+
+impl PeerIdentity {
+    /// Components in the API server's own process (scheduler, controllers,
+    /// the server's node agent), as upstream's loopback client: user
+    /// `system:apiserver` in `system:masters`.
+    pub fn loopback() -> Self {
+        PeerIdentity {
+            verified_certificate: true,
+            user: Some(Arc::new(UserInfo {
+                username: LOOPBACK_USER.to_string(),
+                groups: vec![MASTERS_GROUP.to_string(), AUTHENTICATED_GROUP.to_string()],
+                ..UserInfo::default()
+            })),
         }
     }
 }

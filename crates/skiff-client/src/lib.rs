@@ -14,6 +14,7 @@
 //!   than five rows;
 //! - [`leader`]: leader election on a Lease, so that several servers can
 //!   run the scheduler and controllers with one of each working;
+//! - [`watch`]: watches for in-process caches, without managedFields;
 //! - [`tls`]: the TLS client for servers that cannot be verified (HTTPS
 //!   probes, fetching the CA when joining).
 #![warn(missing_docs)]
@@ -22,6 +23,7 @@ pub mod connect;
 pub mod events;
 pub mod leader;
 pub mod tls;
+pub mod watch;
 
 pub use kube;
 pub use kube::Client;

@@ -36,7 +36,6 @@ use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -319,9 +318,8 @@ impl InformerFactory {
         let mut driver = Driver { writer, shared };
         let api: Api<K> = Api::all(self.client.clone());
         self.drivers.push(Box::pin(async move {
-            let mut events = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let mut events =
+                skiff_client::watch::cache_feed(api, watcher::Config::default()).boxed();
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => driver.apply(event),

@@ -14,9 +14,8 @@ use std::sync::{Arc, PoisonError};
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +43,7 @@ where
     let (reader, writer) = reflector::store::<K>();
     let events = reflector::reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        skiff_client::watch::cache_feed(Api::<K>::all(client.clone()), watcher::Config::default()),
     );
     (reader, events)
 }

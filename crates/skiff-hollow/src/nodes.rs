@@ -31,7 +31,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -357,9 +356,7 @@ impl Nodes {
     /// was down is found by its next status report (a 404).
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), HollowError> {
         let config = watcher::Config::default().labels(&format!("{HOLLOW_LABEL}=true"));
-        let mut events = watcher::watcher(self.api.clone(), config)
-            .default_backoff()
-            .boxed();
+        let mut events = skiff_client::watch::cache_feed(self.api.clone(), config).boxed();
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

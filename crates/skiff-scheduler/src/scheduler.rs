@@ -53,7 +53,6 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use skiff_client::events::{EventRecorder, EventType};
 use tokio::sync::mpsc;
@@ -135,12 +134,8 @@ pub async fn run(
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SchedulerError> {
-    let nodes = watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let pods = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let nodes = watch::<Node>(&client);
+    let pods = watch::<Pod>(&client);
     let namespaces = watch::<Namespace>(&client);
     let claims = watch::<PersistentVolumeClaim>(&client);
     let volumes = watch::<PersistentVolume>(&client);
@@ -190,8 +185,7 @@ where
         + Send
         + 'static,
 {
-    watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
+    skiff_client::watch::cache_feed(Api::<K>::all(client.clone()), watcher::Config::default())
         .boxed()
 }
 

@@ -122,15 +122,18 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
             }),
             extra_routes: Some(crate::join::routes(std::sync::Arc::new(pki.clone()))),
         };
+        let api = skiff_apiserver::ApiServer::start(options, shutdown.clone())
+            .await
+            .context("starting the API server")?;
         let components = Components {
             args: &args,
             data_dir,
-            kubeconfig: &kubeconfig_path,
+            client: in_process_client(api.local_router()),
             pki: &pki,
             node_ip: args.agent.node_ip.unwrap_or(advertise.ip()),
         };
         let (served, components) = tokio::join!(
-            skiff_apiserver::run(options, shutdown.clone()),
+            api.serve(shutdown.clone()),
             components.run(shutdown.clone()),
         );
         shutdown.cancel();
@@ -144,12 +147,22 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A client whose requests `router` serves in this process.
+fn in_process_client(router: axum::Router) -> skiff_client::Client {
+    let service = tower::service_fn(
+        move |request: http::Request<skiff_client::kube::client::Body>| {
+            tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
+        },
+    );
+    skiff_client::Client::new(service, "default")
+}
+
 /// What runs beside the API server and talks to it through the API: the
 /// scheduler, the controllers and, unless disabled, the local node agent.
 struct Components<'a> {
     args: &'a ServerArgs,
     data_dir: &'a Path,
-    kubeconfig: &'a Path,
+    client: skiff_client::Client,
     pki: &'a pki::Pki,
     node_ip: IpAddr,
 }
@@ -165,17 +178,7 @@ impl Components<'_> {
     }
 
     async fn run_inner(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let client = skiff_client::connect::from_kubeconfig(self.kubeconfig)
-            .await
-            .context("building the in-cluster client")?;
-        // The API server binds concurrently; start talking once it answers,
-        // so the components' first requests do not fail and log noise.
-        while client.apiserver_version().await.is_err() {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-            }
-        }
+        let client = &self.client;
         let cluster_cidr = self
             .args
             .cluster_cidr
@@ -243,7 +246,7 @@ impl Components<'_> {
                     .await
                     .context("node agent")
             };
-            tokio::try_join!(agent, network, self.ingress(&client, shutdown))?;
+            tokio::try_join!(agent, network, self.ingress(client, shutdown))?;
             Ok(())
         };
         // The first failure ends the others (and `run` stops the server).
@@ -251,7 +254,7 @@ impl Components<'_> {
             async { controllers.await?.transpose().context("controller manager") },
             async { scheduler.await?.transpose().context("scheduler") },
             agent,
-            self.dns(&client, shutdown),
+            self.dns(client, shutdown),
         )?;
         Ok(())
     }

@@ -245,10 +245,10 @@ pub async fn run(
         IpAddr::V6(ip) => ip.to_ipv4_mapped(),
     };
     let (store, writer) = reflector::store::<Node>();
-    let mut events = watcher(Api::<Node>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .boxed();
+    let mut events =
+        skiff_client::watch::cache_feed(Api::<Node>::all(client), watcher::Config::default())
+            .reflect(writer)
+            .boxed();
     // Routes follow the cache only once its first list is complete, or a
     // partial list would delete the routes of nodes not seen yet.
     let mut listed = false;

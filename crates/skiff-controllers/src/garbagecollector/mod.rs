@@ -47,7 +47,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::discovery::ApiResource;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use skiff_client::events::{EventRecorder, EventType};
@@ -281,9 +280,7 @@ async fn monitor(
 ) {
     let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
     let resource = Arc::new(resource);
-    let mut events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut events = skiff_client::watch::cache_feed(api, watcher::Config::default()).boxed();
     loop {
         let event = tokio::select! {
             () = stop.cancelled() => return,

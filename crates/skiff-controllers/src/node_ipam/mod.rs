@@ -29,7 +29,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use skiff_client::events::{EventRecorder, EventType};
@@ -373,9 +372,8 @@ impl NodeIpamController {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), NodeIpamError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let recorder = EventRecorder::new(self.client.clone(), COMPONENT, "");
-        let mut events = watcher::watcher(nodes.clone(), watcher::Config::default())
-            .default_backoff()
-            .boxed();
+        let mut events =
+            skiff_client::watch::cache_feed(nodes.clone(), watcher::Config::default()).boxed();
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(

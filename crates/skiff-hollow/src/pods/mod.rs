@@ -33,7 +33,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -137,7 +136,7 @@ impl Pods {
         }
         let api: Api<Pod> = Api::all(self.client.clone());
         let config = watcher::Config::default().fields("spec.nodeName!=");
-        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        let mut events = skiff_client::watch::cache_feed(api, config).boxed();
         loop {
             let event = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(()),
