@@ -27,6 +27,12 @@ pub enum ConnectError {
     /// The CA bundle holds no PEM certificate.
     #[error("the CA bundle holds no PEM certificate")]
     NoCaCertificate,
+    /// The user agent is not a valid header value.
+    #[error("invalid user agent {user_agent:?}")]
+    InvalidUserAgent {
+        /// The user agent given.
+        user_agent: String,
+    },
     /// The CA bundle is not valid PEM.
     #[error("parsing the CA bundle")]
     InvalidCa(#[source] pem::PemError),
@@ -51,8 +57,14 @@ pub async fn from_kubeconfig(path: &Path) -> Result<Client, ConnectError> {
 
 /// A client for `url` that trusts only the CAs in `ca_pem` and authenticates
 /// with a bearer token. This is how a node joins with `--server` and
-/// `--token`.
-pub fn with_token(url: &str, ca_pem: &[u8], token: &str) -> Result<Client, ConnectError> {
+/// `--token`. Its requests name `user_agent`, from which the server derives
+/// the field manager of its writes (as upstream's `kubelet`).
+pub fn with_token(
+    url: &str,
+    ca_pem: &[u8],
+    token: &str,
+    user_agent: &str,
+) -> Result<Client, ConnectError> {
     let cluster_url = url.parse().map_err(|_| ConnectError::InvalidUrl {
         url: url.to_string(),
     })?;
@@ -62,6 +74,11 @@ pub fn with_token(url: &str, ca_pem: &[u8], token: &str) -> Result<Client, Conne
         token: Some(token.to_string().into()),
         ..AuthInfo::default()
     };
+    let user_agent =
+        http::HeaderValue::from_str(user_agent).map_err(|_| ConnectError::InvalidUserAgent {
+            user_agent: user_agent.to_string(),
+        })?;
+    config.headers.push((http::header::USER_AGENT, user_agent));
     Client::try_from(config).map_err(|e| ConnectError::Client(Box::new(e)))
 }
 
@@ -108,8 +125,16 @@ mod tests {
     #[test]
     fn bad_url_is_refused() {
         assert!(matches!(
-            with_token("not a url", CERT.as_bytes(), "t"),
+            with_token("not a url", CERT.as_bytes(), "t", "kubelet"),
             Err(ConnectError::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_user_agent_is_refused() {
+        assert!(matches!(
+            with_token("https://127.0.0.1:6443", CERT.as_bytes(), "t", "kube\nlet"),
+            Err(ConnectError::InvalidUserAgent { .. })
         ));
     }
 }

@@ -17,6 +17,10 @@ use crate::cli::AgentCommandArgs;
 use crate::join::{self, JoinToken, ServingCertificate, ServingRequest};
 use crate::pki;
 
+/// The user agent of a node agent's requests: the field manager of its
+/// writes is `kubelet`, as upstream's.
+pub const KUBELET: &str = "kubelet";
+
 /// Run the agent until SIGTERM or SIGINT.
 pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
     crate::server::create_private_dir(&args.data_dir)?;
@@ -53,9 +57,13 @@ pub fn run(args: AgentCommandArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
-        let client =
-            skiff_client::connect::with_token(&args.server, ca_pem.as_bytes(), &token.bearer)
-                .context("building the API client")?;
+        let client = skiff_client::connect::with_token(
+            &args.server,
+            ca_pem.as_bytes(),
+            &token.bearer,
+            KUBELET,
+        )
+        .context("building the API client")?;
         let serving = request_serving_certificate(&client, &node_name, node_ip)
             .await
             .context("requesting the kubelet serving certificate")?;
@@ -111,8 +119,9 @@ fn run_hollow(
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(crate::server::stop_on_signal(shutdown.clone()));
-        let client = skiff_client::connect::with_token(&args.server, ca_pem.as_bytes(), bearer)
-            .context("building the API client")?;
+        let client =
+            skiff_client::connect::with_token(&args.server, ca_pem.as_bytes(), bearer, KUBELET)
+                .context("building the API client")?;
         let config = skiff_hollow::HollowConfig {
             nodes,
             name_prefix: args.hollow_prefix.clone(),

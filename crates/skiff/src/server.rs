@@ -128,7 +128,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         let components = Components {
             args: &args,
             data_dir,
-            client: in_process_client(api.local_router()),
+            api: api.local_router(),
             pki: &pki,
             node_ip: args.agent.node_ip.unwrap_or(advertise.ip()),
         };
@@ -147,10 +147,16 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     })
 }
 
-/// A client whose requests `router` serves in this process.
-fn in_process_client(router: axum::Router) -> skiff_client::Client {
+/// A client whose requests `router` serves in this process, naming
+/// `user_agent` (from which the server derives the field manager of its
+/// writes, as upstream's components are `kube-scheduler`, `kubelet`...).
+fn in_process_client(router: axum::Router, user_agent: &'static str) -> skiff_client::Client {
     let service = tower::service_fn(
-        move |request: http::Request<skiff_client::kube::client::Body>| {
+        move |mut request: http::Request<skiff_client::kube::client::Body>| {
+            request.headers_mut().insert(
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static(user_agent),
+            );
             tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
         },
     );
@@ -162,7 +168,8 @@ fn in_process_client(router: axum::Router) -> skiff_client::Client {
 struct Components<'a> {
     args: &'a ServerArgs,
     data_dir: &'a Path,
-    client: skiff_client::Client,
+    /// The API server's routes, served in this process.
+    api: axum::Router,
     pki: &'a pki::Pki,
     node_ip: IpAddr,
 }
@@ -178,20 +185,21 @@ impl Components<'_> {
     }
 
     async fn run_inner(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let client = &self.client;
+        let client = |user_agent| in_process_client(self.api.clone(), user_agent);
         let cluster_cidr = self
             .args
             .cluster_cidr
             .parse()
             .map_err(|e| anyhow::anyhow!("--cluster-cidr {}: {e}", self.args.cluster_cidr))?;
         let identity = leader_identity();
+        let controllers_client = client("kube-controller-manager");
         let controllers = skiff_client::leader::run_as_leader(
-            client.clone(),
+            controllers_client.clone(),
             LeaderElectionConfig::new("kube-controller-manager", &identity),
             shutdown.child_token(),
             |token| {
                 skiff_controllers::manager::run(
-                    client.clone(),
+                    controllers_client.clone(),
                     ControllerManagerConfig {
                         node_ipam: NodeIpamConfig {
                             cluster_cidr,
@@ -215,13 +223,14 @@ impl Components<'_> {
                 )
             },
         );
+        let scheduler_client = client("kube-scheduler");
         let scheduler = skiff_client::leader::run_as_leader(
-            client.clone(),
+            scheduler_client.clone(),
             LeaderElectionConfig::new("kube-scheduler", &identity),
             shutdown.child_token(),
             |token| {
                 skiff_scheduler::run(
-                    client.clone(),
+                    scheduler_client.clone(),
                     skiff_scheduler::SchedulerConfig::default(),
                     token,
                 )
@@ -233,8 +242,9 @@ impl Components<'_> {
             }
             let options = self.agent_options()?;
             let node_name = options.node_name.clone();
+            let kubelet = client(crate::agent::KUBELET);
             let network = crate::node_network::run(
-                client.clone(),
+                kubelet.clone(),
                 &self.args.agent,
                 &node_name,
                 self.node_ip,
@@ -242,19 +252,21 @@ impl Components<'_> {
                 shutdown.child_token(),
             );
             let agent = async {
-                skiff_agent::agent::run(options, client.clone(), shutdown.child_token())
+                skiff_agent::agent::run(options, kubelet.clone(), shutdown.child_token())
                     .await
                     .context("node agent")
             };
-            tokio::try_join!(agent, network, self.ingress(client, shutdown))?;
+            let ingress_client = client("skiff-ingress");
+            tokio::try_join!(agent, network, self.ingress(&ingress_client, shutdown))?;
             Ok(())
         };
+        let dns_client = client("skiff-dns");
         // The first failure ends the others (and `run` stops the server).
         tokio::try_join!(
             async { controllers.await?.transpose().context("controller manager") },
             async { scheduler.await?.transpose().context("scheduler") },
             agent,
-            self.dns(client, shutdown),
+            self.dns(&dns_client, shutdown),
         )?;
         Ok(())
     }

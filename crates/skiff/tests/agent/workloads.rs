@@ -80,6 +80,26 @@ spec:
         assert_eq!(pod["metadata"]["ownerReferences"][0]["controller"], true);
         assert!(pod["spec"]["nodeName"].is_string(), "scheduled: {pod}");
     }
+    // Each writer is named as upstream names it: the controller manager
+    // created the pod, the node agent wrote its status as the kubelet does.
+    let name = first[0]["metadata"]["name"].as_str().unwrap();
+    let pod = c.get_json(&["get", "pod", name, "-n", ns.name(), "--show-managed-fields"]);
+    let managers: Vec<(&str, &str)> = pod["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap_or(""),
+                m["subresource"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("kube-controller-manager", "")),
+        "{managers:?}"
+    );
+    assert!(managers.contains(&("kubelet", "status")), "{managers:?}");
     eventually("RS status counts 2 ready", Duration::from_secs(30), || {
         let rs = c.get_json(&["get", "rs", "web", "-n", ns.name()]);
         rs["status"]["readyReplicas"] == 2
