@@ -94,9 +94,7 @@ impl PeerIdentity {
             None => PeerIdentity::default(),
         }
     }
-}
 
-impl PeerIdentity {
     /// Components in the API server's own process (scheduler, controllers,
     /// the server's node agent), as upstream's loopback client: user
     /// `system:apiserver` in `system:masters`.

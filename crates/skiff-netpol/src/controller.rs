@@ -122,11 +122,7 @@ enum Update {
 }
 
 /// A reflector over every object of `K`, as a stream of [`Update`]s.
-fn reflect<K>(
-    api: Api<K>,
-    index: usize,
-    strip: fn(&mut K),
-) -> (Store<K>, BoxStream<'static, Update>)
+fn reflect<K>(api: Api<K>, index: usize) -> (Store<K>, BoxStream<'static, Update>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -137,21 +133,16 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip);
+    // The rules never read annotations; dropping them (and managedFields)
+    // keeps the caches small.
+    let events = skiff_client::watch::cache_feed(api, watcher::Config::default())
+        .modify(|object: &mut K| object.annotations_mut().clear());
     let updates = reflector::reflector(writer, events).map(move |event| match event {
         Ok(watcher::Event::InitDone) => Update::Synced(index),
         Ok(_) => Update::Changed,
         Err(error) => Update::Failed(error),
     });
     (reader, updates.boxed())
-}
-
-/// Drops what the rules never read, to keep the caches small.
-fn strip_metadata<K: ResourceExt>(object: &mut K) {
-    object.managed_fields_mut().clear();
-    object.annotations_mut().clear();
 }
 
 /// As [`run`], with `nft` as the way to the host (a fake in tests).
@@ -162,10 +153,9 @@ pub async fn run_with<N: Nft>(
     shutdown: CancellationToken,
 ) -> Result<(), NetpolError> {
     config.validate()?;
-    let (policies, policy_updates) =
-        reflect(Api::<NetworkPolicy>::all(client.clone()), 0, strip_metadata);
-    let (pods, pod_updates) = reflect(Api::<Pod>::all(client.clone()), 1, strip_metadata);
-    let (namespaces, namespace_updates) = reflect(Api::<Namespace>::all(client), 2, strip_metadata);
+    let (policies, policy_updates) = reflect(Api::<NetworkPolicy>::all(client.clone()), 0);
+    let (pods, pod_updates) = reflect(Api::<Pod>::all(client.clone()), 1);
+    let (namespaces, namespace_updates) = reflect(Api::<Namespace>::all(client), 2);
     let updates = stream::select_all([policy_updates, pod_updates, namespace_updates]);
     let caches = Caches {
         policies,
