@@ -21,7 +21,9 @@ use crate::cli::{Cli, Command};
 /// mimalloc rather than glibc's allocator: the API server and controllers
 /// allocate many short-lived JSON values from many threads, where glibc's
 /// arenas fragment (resident memory grows well past the live data) and its
-/// locking shows in profiles.
+/// locking shows in profiles. Built without its transparent-huge-page advice
+/// (feature `no_thp`): faulting in 2 MiB pages cost more than it saved on the
+/// machines measured (docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
