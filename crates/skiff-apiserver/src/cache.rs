@@ -74,13 +74,20 @@ impl Cached {
         value: &[u8],
         revision: Revision,
     ) -> Result<Cached, serde_json::Error> {
-        let mut object: Value = serde_json::from_slice(value)?;
-        crate::object::set_resource_version(&mut object, revision);
-        let json = match crate::object::splice_resource_version(value, revision) {
-            Some(json) => json,
-            None => Bytes::from(serde_json::to_vec(&object)?),
+        let (object, json) = match crate::object::splice_resource_version(value, revision) {
+            Some(json) => {
+                let mut object = trimmed::decode(value)?;
+                crate::object::set_resource_version(&mut object, revision);
+                (object, json)
+            }
+            None => {
+                let mut object: Value = serde_json::from_slice(value)?;
+                crate::object::set_resource_version(&mut object, revision);
+                let json = Bytes::from(serde_json::to_vec(&object)?);
+                crate::object::meta_mut(&mut object).remove("managedFields");
+                (object, json)
+            }
         };
-        crate::object::meta_mut(&mut object).remove("managedFields");
         Ok(Cached {
             key,
             object,
@@ -117,6 +124,61 @@ impl Cached {
             // Serializing a `Value` cannot fail: its map keys are strings.
             Bytes::from(serde_json::to_vec(&self.object).unwrap_or_default())
         })
+    }
+}
+
+/// Decoding an object without `metadata.managedFields`: they are skipped while
+/// parsing instead of being built and dropped, for they are often the larger
+/// part of an object.
+mod trimmed {
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    /// Decodes a JSON object, leaving out `metadata.managedFields`.
+    pub fn decode(json: &[u8]) -> Result<Value, serde_json::Error> {
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let object = Object { top: true }.deserialize(&mut deserializer)?;
+        deserializer.end()?;
+        Ok(object)
+    }
+
+    /// An object; at the top its `metadata` is decoded without managedFields.
+    struct Object {
+        top: bool,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Object {
+        type Value = Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Object {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+            let mut map = Map::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let value = match (self.top, key.as_str()) {
+                    (true, "metadata") => access.next_value_seed(Object { top: false })?,
+                    (false, "managedFields") => {
+                        access.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    _ => access.next_value()?,
+                };
+                map.insert(key, value);
+            }
+            Ok(Value::Object(map))
+        }
     }
 }
 
@@ -473,6 +535,40 @@ impl WatchCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trimmed_decoding_drops_only_managed_fields() {
+        let json = br#"{"kind":"Pod","metadata":{"name":"a","managedFields":[{"manager":"m","fieldsV1":{"f:spec":{}}}],"labels":{"managedFields":"kept"}},"spec":{"managedFields":1}}"#;
+        let object = trimmed::decode(json).unwrap();
+        let mut expected: Value = serde_json::from_slice(json).unwrap();
+        crate::object::meta_mut(&mut expected).remove("managedFields");
+        assert_eq!(object, expected);
+        assert_eq!(
+            serde_json::to_string(&object).unwrap(),
+            r#"{"kind":"Pod","metadata":{"name":"a","labels":{"managedFields":"kept"}},"spec":{"managedFields":1}}"#,
+            "key order is kept"
+        );
+    }
+
+    #[test]
+    fn trimmed_decoding_rejects_what_full_decoding_rejects() {
+        assert!(trimmed::decode(b"[1]").is_err());
+        assert!(trimmed::decode(br#"{"metadata":{"name":"a"}} x"#).is_err());
+        assert!(trimmed::decode(br#"{"metadata":{"managedFields":[}}"#).is_err());
+    }
+
+    #[test]
+    fn cached_objects_keep_managed_fields_only_in_their_json() {
+        let json = br#"{"metadata":{"name":"a","managedFields":[{"manager":"m"}]}}"#;
+        let cached = Cached::decode_for_cache("k".into(), json, 7).unwrap();
+        assert_eq!(
+            cached.object,
+            serde_json::json!({"metadata": {"name": "a", "resourceVersion": "7"}})
+        );
+        let sent: Value = serde_json::from_slice(cached.json()).unwrap();
+        assert_eq!(sent["metadata"]["managedFields"][0]["manager"], "m");
+        assert_eq!(sent["metadata"]["resourceVersion"], "7");
+    }
 
     #[test]
     fn keys_map_back_to_types() {
