@@ -28,7 +28,6 @@ pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
@@ -40,14 +39,10 @@ use serde_json::json;
 use skiff_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::cache::WatchCache;
 use crate::error::ApiError;
 use crate::rest::Rest;
-
-/// How long open connections get to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What [`run`] needs.
 pub struct ServerOptions {
@@ -209,63 +204,10 @@ impl ApiServer {
                 source,
             })?;
         tracing::info!(address = %listen, "API server listening");
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let connections = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-            };
-            let acceptor = acceptor.clone();
-            let router = router.clone();
-            let shutdown = shutdown.clone();
-            connections.spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                };
-                let identity =
-                    auth::PeerIdentity::from_certificates(tls.get_ref().1.peer_certificates());
-                let service = hyper::service::service_fn(
-                    move |mut request: hyper::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(identity.clone());
-                        tower::ServiceExt::oneshot(
-                            router.clone(),
-                            request.map(axum::body::Body::new),
-                        )
-                    },
-                );
-                let builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                let conn = builder
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    }
-                    _ = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-                    }
-                }
-            });
-        }
-        connections.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
+        skiff_https::serve(listener, tls, router, shutdown, |tls| {
+            auth::PeerIdentity::from_certificates(tls.peer_certificates())
+        })
+        .await;
         Ok(())
     }
 }

@@ -7,15 +7,13 @@
 //! commands in its containers unless it authenticates them, so we make that
 //! the only mode.
 //!
-//! Connections are served with hyper-util's `auto` builder, with upgrades
-//! enabled, so that HTTP/1.1 WebSocket and SPDY upgrades reach the streaming
-//! handlers.
+//! Connections are served by `skiff_https` with upgrades enabled, so that
+//! HTTP/1.1 WebSocket and SPDY upgrades reach the streaming handlers.
 
 mod logs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
@@ -23,12 +21,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::locate::PodLocator;
-
-/// How long open connections get to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where and as whom the node API listens.
 #[derive(Debug, Clone)]
@@ -133,68 +127,10 @@ impl KubeletServer {
         shutdown: CancellationToken,
     ) {
         let router = app(locator, streaming);
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
         if let Ok(addr) = self.listener.local_addr() {
             tracing::info!(address = %addr, "node API listening");
         }
-        let connections = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                },
-            };
-            connections.spawn(serve_connection(
-                acceptor.clone(),
-                stream,
-                peer,
-                router.clone(),
-                shutdown.clone(),
-            ));
-        }
-        connections.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await;
-    }
-}
-
-async fn serve_connection(
-    acceptor: tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    router: Router,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let tls = match acceptor.accept(stream).await {
-        Ok(tls) => tls,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-    };
-    let service =
-        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            tower::ServiceExt::oneshot(router.clone(), request.map(axum::body::Body::new))
-        });
-    let builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-        }
+        skiff_https::serve(self.listener, self.tls, router, shutdown, |_| ()).await;
     }
 }
 
