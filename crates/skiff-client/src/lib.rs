@@ -9,6 +9,8 @@
 //!
 //! - [`connect`]: a client from a kubeconfig file or from a server URL, CA and
 //!   bearer token (how `skiff agent --server --token` joins);
+//! - [`controller`]: running a kube-runtime `Controller` with per-object
+//!   exponential retry, as upstream's work queues retry;
 //! - [`events`]: a recorder of core/v1 Events that aggregates repeats the way
 //!   upstream's event correlator does, so `kubectl describe` shows `x5` rather
 //!   than five rows;
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod connect;
+pub mod controller;
 pub mod events;
 pub mod leader;
 pub mod tls;

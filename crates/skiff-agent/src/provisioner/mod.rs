@@ -51,22 +51,21 @@ pub mod volume;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{Action, Config};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use skiff_client::controller::RunPolicy;
 use skiff_client::events::{EventRecorder, EventType};
 use tokio_util::sync::CancellationToken;
 
@@ -235,26 +234,6 @@ async fn ensure_class_until_done(ctx: &Context, shutdown: &CancellationToken) {
     }
 }
 
-/// Per-object failure counts, for exponential retry delays.
-#[derive(Debug, Default)]
-struct Retries {
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Retries {
-    fn failed(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().expect("retries poisoned");
-        let count = failures.entry(key.to_string()).or_default();
-        let delay = RETRY_BASE.saturating_mul(1 << (*count).min(16));
-        *count += 1;
-        delay.min(RETRY_MAX)
-    }
-
-    fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("retries poisoned").remove(key);
-    }
-}
-
 /// Runs `controller` with `reconcile` until `shutdown`, retrying each
 /// object's failures with exponential backoff.
 async fn drive<K, R, Fut>(
@@ -268,36 +247,16 @@ async fn drive<K, R, Fut>(
     R: FnMut(Arc<K>, Arc<Context>) -> Fut,
     Fut: Future<Output = Result<(), ProvisionerError>> + Send + 'static,
 {
-    let retries = Arc::new(Retries::default());
-    let on_error = Arc::clone(&retries);
-    controller
-        .with_config(Config::default().concurrency(CONCURRENCY))
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(
-            move |obj: Arc<K>, ctx| {
-                let key = ObjectRef::from_obj(&*obj).to_string();
-                let retries = Arc::clone(&retries);
-                let fut = reconcile(obj, ctx);
-                async move {
-                    fut.await?;
-                    retries.succeeded(&key);
-                    Ok(Action::await_change())
-                }
-            },
-            move |obj: Arc<K>, error: &ProvisionerError, _| {
-                let key = ObjectRef::from_obj(&*obj).to_string();
-                let delay = on_error.failed(&key);
-                tracing::warn!(provisioner = what, object = %key, %error, ?delay, "retrying");
-                Action::requeue(delay)
-            },
-            ctx,
-        )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(provisioner = what, %error, "controller error");
-            }
-        })
-        .await;
+    let policy = RunPolicy {
+        concurrency: CONCURRENCY,
+        retry_base: RETRY_BASE,
+        retry_max: RETRY_MAX,
+    };
+    let reconcile = move |obj, ctx| {
+        let done = reconcile(obj, ctx);
+        async move { done.await.map(|()| Action::await_change()) }
+    };
+    skiff_client::controller::run(what, controller, ctx, policy, reconcile, shutdown).await;
 }
 
 /// Runs directory work on the blocking pool.

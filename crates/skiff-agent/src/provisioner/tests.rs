@@ -722,18 +722,3 @@ async fn a_stale_claim_is_not_marked_resizing() {
         "1Gi"
     );
 }
-
-#[test]
-fn retry_delays_double_per_failure_up_to_the_cap_and_reset_on_success() {
-    let retries = Retries::default();
-    assert_eq!(retries.failed("a"), Duration::from_secs(1));
-    assert_eq!(retries.failed("a"), Duration::from_secs(2));
-    assert_eq!(retries.failed("a"), Duration::from_secs(4));
-    assert_eq!(retries.failed("b"), Duration::from_secs(1));
-    retries.succeeded("a");
-    assert_eq!(retries.failed("a"), Duration::from_secs(1));
-    for _ in 0..40 {
-        retries.failed("c");
-    }
-    assert_eq!(retries.failed("c"), RETRY_MAX);
-}
