@@ -16,6 +16,7 @@
 //! first use, and served as a cheap clone of its [`Bytes`].
 
 mod paths;
+mod quantities;
 mod schemas;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,8 @@ use sha2::{Digest, Sha512};
 use skiff_api::registry;
 
 use paths::Route;
-use schemas::{Definitions, Dialect, STATUS};
+pub use quantities::QuantityShape;
+use schemas::{Definitions, Dialect, Gvk, STATUS};
 
 /// A serialized document and the hash clients cache it under.
 #[derive(Debug, Clone)]
@@ -101,6 +103,19 @@ pub fn v2() -> &'static Document {
 
 /// Every definition, generated once and shared by both dialects.
 static DEFS: LazyLock<Definitions> = LazyLock::new(Definitions::build);
+
+/// Where each kind holds quantities, derived once from the definitions.
+static QUANTITIES: LazyLock<std::collections::HashMap<Gvk, QuantityShape>> =
+    LazyLock::new(|| quantities::shapes(&DEFS));
+
+/// Where objects of a kind hold resource quantities; `None` for kinds without any.
+pub fn quantity_shape(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+) -> Option<&'static QuantityShape> {
+    QUANTITIES.get(&(group, version, kind))
+}
 
 /// The v3 documents by path, and the index that lists them.
 struct V3Set {

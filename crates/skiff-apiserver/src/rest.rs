@@ -746,12 +746,16 @@ fn take_stored_managed_fields(obj: &mut Value, old: &Value) -> Option<Value> {
 }
 
 fn normalize_typed(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> ApiResult<Value> {
-    let normalized = (rt.codec)(obj.clone()).map_err(|e| {
+    let undecodable = |e: &dyn std::fmt::Display| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             rt.kind, rt.version, rt.kind
         ))
-    })?;
+    };
+    let normalized = (rt.codec)(obj.clone()).map_err(|e| undecodable(&e))?;
+    if let Some(quantities) = crate::openapi::quantity_shape(rt.group, rt.version, rt.kind) {
+        quantities.check(&obj).map_err(|e| undecodable(&e))?;
+    }
     let mut unknown = Vec::new();
     unknown_fields(&obj, &normalized, "", &mut unknown);
     let mut normalized = normalized;

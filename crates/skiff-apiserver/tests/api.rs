@@ -138,6 +138,44 @@ async fn bad_input_gets_status_errors() {
         .post(&format!("{CM}?fieldValidation=Ignore"), unknown)
         .await;
     assert_eq!(status, StatusCode::CREATED);
+
+    // A malformed quantity fails decoding, as upstream's strict Quantity does.
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = |cpu: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "q"},
+               "spec": {"containers": [{"name": "a", "image": "x",
+                        "resources": {"requests": {"cpu": cpu}}}]}})
+    };
+    let (status, err) = api.post(pods, pod(json!("lots"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["reason"], "BadRequest");
+    assert_eq!(
+        err["message"],
+        "Pod in version \"v1\" cannot be handled as a Pod: quantities must match the regular \
+         expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+    );
+    let (status, err) = api.post(pods, pod(json!(0.5))).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a bare number is a quantity: {err}"
+    );
+    let (status, err) = api
+        .call(
+            "PATCH",
+            &format!("{pods}/q"),
+            "application/merge-patch+json",
+            json!({"spec": {"overhead": {"memory": "1.2.3"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("cannot be handled as a Pod: unable to parse quantity's numeric value"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ pub(super) const PATCH: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch";
 pub(super) const WATCH_EVENT: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.WatchEvent";
 const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
 const INT_OR_STRING: &str = "io.k8s.apimachinery.pkg.util.intstr.IntOrString";
-const QUANTITY: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
+pub(super) const QUANTITY: &str = "io.k8s.apimachinery.pkg.api.resource.Quantity";
 
 /// A `(group, version, kind)` triple.
 pub(super) type Gvk = (&'static str, &'static str, &'static str);
@@ -131,6 +131,11 @@ impl Definitions {
         out.tag_kinds();
         out.annotate_merge_facts();
         out
+    }
+
+    /// Every kind and the name of its definition.
+    pub(super) fn kinds(&self) -> impl Iterator<Item = (Gvk, &str)> {
+        self.kinds.iter().map(|(gvk, name)| (*gvk, name.as_str()))
     }
 
     /// The definition of a kind, if it is served.
