@@ -77,7 +77,7 @@ pub struct FieldError {
 /// Normalizes an object through its typed k8s-openapi struct: JSON in, JSON out.
 /// Fields the type does not know are dropped, so comparing input and output finds
 /// unknown fields; a type mismatch is an error naming the field.
-pub type Codec = fn(Value) -> Result<Value, serde_json::Error>;
+pub type Codec = fn(&Value) -> Result<Value, serde_json::Error>;
 
 /// One served resource type.
 #[derive(Debug, Clone, Copy)]
@@ -176,7 +176,7 @@ pub fn by_kind(group: &str, kind: &str) -> Option<&'static ResourceType> {
 /// error whose message starts with the path of the offending field
 /// (`spec.replicas: invalid type: ...`).
 pub fn roundtrip<K: DeserializeOwned + Serialize>(
-    value: Value,
+    value: &Value,
 ) -> Result<Value, serde_json::Error> {
     let typed: K = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -304,7 +304,7 @@ mod tests {
                 rt.kind
             );
             // Every sample is a valid object of its type.
-            (rt.codec)(obj).unwrap_or_else(|e| panic!("{} sample: {e}", rt.kind));
+            (rt.codec)(&obj).unwrap_or_else(|e| panic!("{} sample: {e}", rt.kind));
             let names: Vec<&str> = rt
                 .columns
                 .iter()
@@ -444,7 +444,7 @@ mod tests {
             },
             "status": {}
         });
-        let out = roundtrip::<Deployment>(input).unwrap();
+        let out = roundtrip::<Deployment>(&input).unwrap();
         assert_eq!(
             out,
             json!({
@@ -472,7 +472,7 @@ mod tests {
             "metadata": {"name": "p", "creationTimestamp": "2024-05-01T14:00:00.75+02:00"},
             "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1000m", "memory": "1024Mi"}}}]}
         });
-        let out = roundtrip::<Pod>(input).unwrap();
+        let out = roundtrip::<Pod>(&input).unwrap();
         assert_eq!(
             out["metadata"]["creationTimestamp"],
             json!("2024-05-01T12:00:00Z")
@@ -486,8 +486,9 @@ mod tests {
             json!("1024Mi")
         );
         // apiVersion and kind are written even when the input lacks them.
-        let bare = roundtrip::<Pod>(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
-            .unwrap();
+        let bare =
+            roundtrip::<Pod>(&json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
+                .unwrap();
         assert_eq!(
             (bare["apiVersion"].as_str(), bare["kind"].as_str()),
             (Some("v1"), Some("Pod"))
@@ -498,18 +499,20 @@ mod tests {
     fn codec_errors_name_the_field() {
         let wrong_type = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
             "spec": {"replicas": "three", "selector": {}, "template": {}}});
-        let err = roundtrip::<Deployment>(wrong_type).unwrap_err().to_string();
+        let err = roundtrip::<Deployment>(&wrong_type)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("spec.replicas: invalid type: string \"three\""),
             "{err}"
         );
 
         let wrong_kind = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "p"}, "spec": {"containers": []}});
-        let err = roundtrip::<Pod>(wrong_kind).unwrap_err().to_string();
+        let err = roundtrip::<Pod>(&wrong_kind).unwrap_err().to_string();
         assert!(err.contains("Service") && err.contains("Pod"), "{err}");
 
         let float = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [], "activeDeadlineSeconds": 1.5}});
-        let err = roundtrip::<Pod>(float).unwrap_err().to_string();
+        let err = roundtrip::<Pod>(&float).unwrap_err().to_string();
         assert!(
             err.starts_with("spec.activeDeadlineSeconds: invalid type: floating point"),
             "{err}"
@@ -517,21 +520,21 @@ mod tests {
 
         let bad_base64 = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "!!"}});
         let secrets = by_plural("", "v1", "secrets").unwrap();
-        assert!((secrets.codec)(bad_base64).is_err());
+        assert!((secrets.codec)(&bad_base64).is_err());
 
-        assert!(roundtrip::<Pod>(json!([1, 2])).is_err());
+        assert!(roundtrip::<Pod>(&json!([1, 2])).is_err());
     }
 
     #[test]
     fn codec_fills_missing_required_fields_with_zero_values() {
         // As Go's decoder does; validation, not decoding, rejects these objects.
-        let out = roundtrip::<Pod>(json!({"spec": {"containers": [{"ports": [{}]}]}})).unwrap();
+        let out = roundtrip::<Pod>(&json!({"spec": {"containers": [{"ports": [{}]}]}})).unwrap();
         assert_eq!(out["metadata"], json!({}));
         assert_eq!(
             out["spec"]["containers"],
             json!([{"name": "", "ports": [{"containerPort": 0}]}])
         );
-        let out = roundtrip::<Pod>(json!({"spec": {}})).unwrap();
+        let out = roundtrip::<Pod>(&json!({"spec": {}})).unwrap();
         assert_eq!(out["spec"]["containers"], json!([]));
     }
 

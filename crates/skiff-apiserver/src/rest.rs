@@ -752,7 +752,7 @@ fn normalize_typed(rt: &ResourceType, obj: Value, ctx: &mut WriteContext) -> Api
             rt.kind, rt.version, rt.kind
         ))
     };
-    let normalized = (rt.codec)(obj.clone()).map_err(|e| undecodable(&e))?;
+    let normalized = (rt.codec)(&obj).map_err(|e| undecodable(&e))?;
     if let Some(quantities) = crate::openapi::quantity_shape(rt.group, rt.version, rt.kind) {
         quantities.check(&obj).map_err(|e| undecodable(&e))?;
     }

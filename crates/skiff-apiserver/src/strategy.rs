@@ -59,7 +59,7 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         "generation",
         "selfLink",
     ];
-    let old_meta = object::meta(old).cloned().unwrap_or_default();
+    let old_meta = |key: &str| object::meta(old).and_then(|meta| meta.get(key));
     if is_pod(rt) && subresource == Some("resize") {
         let mut result = old.clone();
         result["spec"] = resized_spec(new, old);
@@ -67,10 +67,7 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         let mut defaulted = result.clone();
         skiff_api::defaults::apply_defaults("", "Pod", &mut defaulted);
         if defaulted["spec"] != old["spec"] {
-            let generation = old_meta
-                .get("generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
+            let generation = old_meta("generation").and_then(Value::as_i64).unwrap_or(0);
             object::meta_mut(&mut result).insert("generation".into(), json!(generation + 1));
         }
         *new = result;
@@ -87,7 +84,7 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
     }
     let meta = object::meta_mut(new);
     for key in keep_meta {
-        match old_meta.get(key) {
+        match old_meta(key) {
             Some(v) => meta.insert(key.into(), v.clone()),
             None => meta.remove(key),
         };
@@ -117,10 +114,7 @@ pub fn prepare_update(rt: &ResourceType, subresource: Option<&str>, new: &mut Va
         set_template_generation(new, Some(old));
     }
     if rt.has_status && spec_changed(new, old) {
-        let generation = old_meta
-            .get("generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let generation = old_meta("generation").and_then(Value::as_i64).unwrap_or(0);
         object::meta_mut(new).insert("generation".into(), json!(generation + 1));
     }
 }
