@@ -12,7 +12,7 @@
 //! subscribes before releasing it never misses or repeats an event.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,6 +96,25 @@ impl Cached {
         })
     }
 
+    /// [`decode_for_cache`](Self::decode_for_cache) without the decoding:
+    /// `object` is what `value` decodes to, already without managedFields.
+    /// `None` when the JSON cannot be spliced (then decode).
+    fn handed_over(
+        key: String,
+        mut object: Value,
+        value: &[u8],
+        revision: Revision,
+    ) -> Option<Cached> {
+        let json = crate::object::splice_resource_version(value, revision)?;
+        crate::object::set_resource_version(&mut object, revision);
+        Some(Cached {
+            key,
+            object,
+            json: OnceLock::from(json),
+            revision,
+        })
+    }
+
     /// Decodes a stored value to send: the JSON is the stored bytes with the
     /// resourceVersion spliced in, so it is ready without a second encoding.
     pub fn decode_stored(kv: &KeyValue) -> Result<Cached, serde_json::Error> {
@@ -125,6 +144,27 @@ impl Cached {
             Bytes::from(serde_json::to_vec(&self.object).unwrap_or_default())
         })
     }
+}
+
+/// A copy of `object` without `metadata.managedFields`, which the cache keeps
+/// only in the JSON.
+fn without_managed_fields(object: &Value) -> Value {
+    let Value::Object(fields) = object else {
+        return object.clone();
+    };
+    let copy = fields.iter().map(|(name, value)| {
+        let value = match (name.as_str(), value) {
+            ("metadata", Value::Object(meta)) => Value::Object(
+                meta.iter()
+                    .filter(|(key, _)| *key != "managedFields")
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        (name.clone(), value)
+    });
+    Value::Object(copy.collect())
 }
 
 /// Decoding an object without `metadata.managedFields`: they are skipped while
@@ -244,7 +284,20 @@ pub struct WatchCache {
     store: Arc<dyn Store>,
     types: HashMap<(String, String), TypeCache>,
     revision: watch::Sender<Revision>,
+    handoff: Mutex<Handoff>,
 }
+
+/// Objects the REST store is writing, decoded, by key, each with the bytes
+/// it stores: a Put event carrying exactly those bytes takes the object
+/// instead of decoding them again.
+#[derive(Default)]
+struct Handoff {
+    objects: HashMap<String, Vec<(Bytes, Value)>>,
+}
+
+/// More pending objects than this means their events went elsewhere (a
+/// refill after compaction): start over rather than grow.
+const HANDOFF_LIMIT: usize = 4096;
 
 /// The store key prefix of a type: `/registry/{group or core}/{plural}/`.
 pub fn type_prefix(rt: &'static ResourceType) -> String {
@@ -304,6 +357,7 @@ impl WatchCache {
             store,
             types,
             revision,
+            handoff: Mutex::default(),
         });
         let start = cache.fill().await?;
         let follower = cache.clone();
@@ -402,8 +456,18 @@ impl WatchCache {
             self.revision.send_replace(revision);
             return;
         };
-        let object = match Cached::decode_for_cache(event.kv.key.clone(), &event.kv.value, revision)
-        {
+        let handed_over = match event.kind {
+            EventKind::Put => self.take_handed_over(&event.kv.key, &event.kv.value),
+            EventKind::Delete => None,
+        }
+        .and_then(|object| {
+            Cached::handed_over(event.kv.key.clone(), object, &event.kv.value, revision)
+        });
+        let decoded = match handed_over {
+            Some(cached) => Ok(cached),
+            None => Cached::decode_for_cache(event.kv.key.clone(), &event.kv.value, revision),
+        };
+        let object = match decoded {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::error!(key = %event.kv.key, error = %e, "undecodable stored object skipped");
@@ -431,6 +495,42 @@ impl WatchCache {
         // No receivers is fine: nobody is watching this type.
         let _ = state.events.send(change);
         self.revision.send_replace(revision);
+    }
+
+    /// Tells the cache that `value`, the encoding of `object`, is about to be
+    /// stored under `key`, so that applying the store's event takes a copy of
+    /// `object` instead of decoding `value`. Call [`forget`](Self::forget) if
+    /// the write fails.
+    pub fn expect_write(&self, key: &str, value: &Bytes, object: &Value) {
+        let object = without_managed_fields(object);
+        let mut handoff = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        if handoff.objects.len() >= HANDOFF_LIMIT {
+            handoff.objects.clear();
+        }
+        handoff
+            .objects
+            .entry(key.to_string())
+            .or_default()
+            .push((value.clone(), object));
+    }
+
+    /// Withdraws an [`expect_write`](Self::expect_write) whose write failed.
+    pub fn forget(&self, key: &str, value: &Bytes) {
+        self.take_handed_over(key, value);
+    }
+
+    /// The object expected under `key` with exactly the bytes `value`.
+    fn take_handed_over(&self, key: &str, value: &[u8]) -> Option<Value> {
+        let mut handoff = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = handoff.objects.get_mut(key)?;
+        let found = pending
+            .iter()
+            .position(|(bytes, _)| bytes.as_ref() == value)
+            .map(|at| pending.swap_remove(at).1);
+        if pending.is_empty() {
+            handoff.objects.remove(key);
+        }
+        found
     }
 
     fn type_cache(&self, rt: &'static ResourceType) -> &TypeCache {
@@ -568,6 +668,49 @@ mod tests {
         let sent: Value = serde_json::from_slice(cached.json()).unwrap();
         assert_eq!(sent["metadata"]["managedFields"][0]["manager"], "m");
         assert_eq!(sent["metadata"]["resourceVersion"], "7");
+    }
+
+    async fn empty_cache() -> Arc<WatchCache> {
+        let store = Arc::new(skiff_store::MemoryStore::new().unwrap());
+        WatchCache::start(store, CancellationToken::new())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn expected_objects_are_taken_once_by_their_exact_bytes() {
+        let cache = empty_cache().await;
+        let object =
+            serde_json::json!({"metadata": {"name": "a", "managedFields": [{"manager": "m"}]}});
+        let bytes = Bytes::from(serde_json::to_vec(&object).unwrap());
+        cache.expect_write("k", &bytes, &object);
+        assert_eq!(cache.take_handed_over("k", b"{}"), None, "other bytes");
+        assert_eq!(cache.take_handed_over("j", &bytes), None, "another key");
+        assert_eq!(
+            cache.take_handed_over("k", &bytes),
+            Some(serde_json::json!({"metadata": {"name": "a"}}))
+        );
+        assert_eq!(cache.take_handed_over("k", &bytes), None, "taken once");
+
+        cache.expect_write("k", &bytes, &object);
+        cache.forget("k", &bytes);
+        assert_eq!(cache.take_handed_over("k", &bytes), None, "forgotten");
+        assert!(cache.handoff.lock().unwrap().objects.is_empty());
+    }
+
+    #[test]
+    fn a_handed_over_object_is_cached_as_if_decoded() {
+        let stored = br#"{"kind":"Pod","metadata":{"name":"a","managedFields":[{"manager":"m"}],"labels":{"x":"y"}},"spec":{}}"#;
+        let written: Value = serde_json::from_slice(stored).unwrap();
+        let decoded = Cached::decode_for_cache("k".into(), stored, 9).unwrap();
+        let handed =
+            Cached::handed_over("k".into(), without_managed_fields(&written), stored, 9).unwrap();
+        assert_eq!(handed.object, decoded.object);
+        assert_eq!(
+            serde_json::to_string(&handed.object).unwrap(),
+            serde_json::to_string(&decoded.object).unwrap()
+        );
+        assert_eq!(handed.json(), decoded.json());
     }
 
     #[test]

@@ -209,11 +209,14 @@ impl Rest {
             return Ok(obj);
         }
         let stored = match encode(rt, &obj) {
-            Ok(bytes) => self
-                .store
-                .create(&target.key(), bytes)
+            Ok(bytes) => {
+                let key = target.key();
+                self.store_write(rt, &key, bytes, &obj, |bytes| {
+                    self.store.create(&key, bytes)
+                })
                 .await
-                .map_err(|e| ApiError::from_store(rt, &name, e)),
+                .map_err(|e| ApiError::from_store(rt, &name, e))
+            }
             Err(e) => Err(e),
         };
         match stored {
@@ -288,7 +291,12 @@ impl Rest {
                     .map(|(rev, _)| rev)
             } else {
                 match encode(target.rt, &new) {
-                    Ok(bytes) => self.store.update(&key, bytes, current.revision).await,
+                    Ok(bytes) => {
+                        self.store_write(target.rt, &key, bytes, &new, |bytes| {
+                            self.store.update(&key, bytes, current.revision)
+                        })
+                        .await
+                    }
                     Err(e) => {
                         allocation.revert(self).await;
                         charge.refund(self).await;
@@ -398,6 +406,32 @@ impl Rest {
             }
         }
         Ok(Mutation::Write(new))
+    }
+
+    /// Stores `bytes`, the encoding of `object`, with `write`, telling the
+    /// watch cache what is written so that it need not decode it again.
+    /// View objects are stored converted, so not those.
+    async fn store_write<F, Fut>(
+        &self,
+        rt: &'static ResourceType,
+        key: &str,
+        bytes: bytes::Bytes,
+        object: &Value,
+        write: F,
+    ) -> Result<skiff_store::Revision, StoreError>
+    where
+        F: FnOnce(bytes::Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<skiff_store::Revision, StoreError>>,
+    {
+        let expected = !views::is_view(rt);
+        if expected {
+            self.cache.expect_write(key, &bytes, object);
+        }
+        let result = write(bytes.clone()).await;
+        if expected && result.is_err() {
+            self.cache.forget(key, &bytes);
+        }
+        result
     }
 
     fn record_manager(
