@@ -3,8 +3,11 @@
 //! One store watch over all of `/registry/` feeds a per-type map of current
 //! objects plus a bounded history of recent events. Lists without pagination and
 //! watches are served from here, so N watchers of pods cost one decode per change,
-//! not N. Each object's JSON (with `resourceVersion` filled in) is kept as `Bytes`
-//! and handed to every list response and watcher as is ("encode once").
+//! not N, and none when the write came through this server's REST store: it tells
+//! the cache what it writes ([`WatchCache::expect_write`]), and the Put event with
+//! exactly those bytes takes a copy of that object. Each object's JSON (with
+//! `resourceVersion` filled in) is kept as `Bytes` and handed to every list
+//! response and watcher as is ("encode once").
 //!
 //! Lock order: a type's `state` lock is taken before `revision` is read or written;
 //! the dispatcher holds a type's write lock while it appends to history and
