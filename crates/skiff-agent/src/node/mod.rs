@@ -32,11 +32,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, ObjectReference, Taint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
+use skiff_client::events::{EventRecorder, EventType};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -147,11 +150,14 @@ impl NodeAgent {
             return Ok(());
         };
         tracing::info!(node = self.config.name, "node registered");
+        let events = NodeEvents::new(&self.client, &self.config.name);
+        events.record("Starting", "Starting kubelet.");
         let mut lease = LeaseKeeper::new(&self.client, &self.config, node_owner(&node));
         let mut reporter = StatusReporter {
             nodes: Api::all(self.client.clone()),
             previous: node.status.and_then(|s| s.conditions).unwrap_or_default(),
             last_report: None,
+            events,
         };
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -344,6 +350,34 @@ struct StatusReporter {
     previous: Vec<NodeCondition>,
     /// The last report without heartbeat times, and when it was made.
     last_report: Option<(NodeStatus, Instant)>,
+    /// Where condition changes are told, as upstream's kubelet tells them.
+    events: NodeEvents,
+}
+
+/// Events about this Node, under the kubelet's name.
+struct NodeEvents {
+    recorder: EventRecorder,
+    node: ObjectReference,
+}
+
+impl NodeEvents {
+    fn new(client: &kube::Client, name: &str) -> Self {
+        Self {
+            recorder: EventRecorder::new(client.clone(), "kubelet", name),
+            // Upstream's kubelet names its Node with the node name as UID.
+            node: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some(name.into()),
+                uid: Some(name.into()),
+                ..ObjectReference::default()
+            },
+        }
+    }
+
+    fn record(&self, reason: &str, message: &str) {
+        self.recorder
+            .record(&self.node, EventType::Normal, reason, message);
+    }
 }
 
 impl StatusReporter {
@@ -369,7 +403,12 @@ impl StatusReporter {
             .await
         {
             Ok(_) => {
-                self.previous = status.conditions.unwrap_or_default();
+                let conditions = status.conditions.unwrap_or_default();
+                for reason in status::transition_events(&self.previous, &conditions) {
+                    self.events
+                        .record(reason, &format!("Node {name} status is now: {reason}"));
+                }
+                self.previous = conditions;
                 self.last_report = Some((news, Instant::now()));
             }
             Err(error) => tracing::warn!(node = name, %error, "reporting node status"),

@@ -325,6 +325,37 @@ pub fn without_heartbeats(status: &NodeStatus) -> NodeStatus {
     status
 }
 
+/// The events upstream's kubelet records when its conditions change: one
+/// reason per condition whose status differs from `previous` (or that is
+/// new), e.g. `NodeHasSufficientMemory` or `NodeReady`.
+pub fn transition_events(
+    previous: &[NodeCondition],
+    current: &[NodeCondition],
+) -> Vec<&'static str> {
+    current
+        .iter()
+        .filter(|c| {
+            !previous
+                .iter()
+                .any(|p| p.type_ == c.type_ && p.status == c.status)
+        })
+        .filter_map(|c| {
+            let on = c.status == "True";
+            Some(match (c.type_.as_str(), on) {
+                ("MemoryPressure", true) => "NodeHasInsufficientMemory",
+                ("MemoryPressure", false) => "NodeHasSufficientMemory",
+                ("DiskPressure", true) => "NodeHasDiskPressure",
+                ("DiskPressure", false) => "NodeHasNoDiskPressure",
+                ("PIDPressure", true) => "NodeHasInsufficientPID",
+                ("PIDPressure", false) => "NodeHasSufficientPID",
+                ("Ready", true) => "NodeReady",
+                ("Ready", false) => "NodeNotReady",
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
 /// True if every condition the agent reports has the same status in what
 /// the API shows (conditions owned by others are not compared).
 pub fn conditions_agree(ours: &[NodeCondition], shown: &[NodeCondition]) -> bool {
@@ -343,6 +374,43 @@ mod tests {
     use k8s_openapi::api::core::v1::NodeAddress;
 
     use super::*;
+
+    fn condition(type_: &str, status: &str) -> NodeCondition {
+        NodeCondition {
+            type_: type_.into(),
+            status: status.into(),
+            ..NodeCondition::default()
+        }
+    }
+
+    #[test]
+    fn condition_changes_become_upstreams_node_events() {
+        let first = [
+            condition("MemoryPressure", "False"),
+            condition("DiskPressure", "False"),
+            condition("PIDPressure", "False"),
+            condition("Ready", "True"),
+        ];
+        assert_eq!(
+            transition_events(&[], &first),
+            [
+                "NodeHasSufficientMemory",
+                "NodeHasNoDiskPressure",
+                "NodeHasSufficientPID",
+                "NodeReady"
+            ]
+        );
+        assert!(transition_events(&first, &first).is_empty());
+        let mut later = first.clone();
+        later[1] = condition("DiskPressure", "True");
+        later[3] = condition("Ready", "False");
+        assert_eq!(
+            transition_events(&first, &later),
+            ["NodeHasDiskPressure", "NodeNotReady"]
+        );
+        let unknown = [condition("Ready", "Unknown"), condition("Other", "True")];
+        assert_eq!(transition_events(&unknown, &first[3..]), ["NodeReady"]);
+    }
     use crate::node::host::{FakeHost, HostInfo};
 
     fn config() -> NodeConfig {

@@ -45,6 +45,19 @@ fn node_registers_ready_with_capacity_and_a_pod_cidr() {
             .any(|l| l.starts_with(NODE_NAME) && l.contains(" Ready ")),
         "{table}"
     );
+    // The kubelet's own events, as `kubectl describe node` shows them upstream.
+    eventually("the kubelet's node events", Duration::from_secs(30), || {
+        let reasons = event_reasons("default", NODE_NAME);
+        ["Starting", "NodeHasSufficientMemory", "NodeReady"]
+            .iter()
+            .all(|wanted| reasons.iter().any(|r| r == wanted))
+    });
+    let described = c.kubectl_ok(&["describe", "node", NODE_NAME]);
+    assert!(described.contains("Starting kubelet."), "{described}");
+    assert!(
+        described.contains(&format!("Node {NODE_NAME} status is now: NodeReady")),
+        "{described}"
+    );
 }
 
 #[test]
