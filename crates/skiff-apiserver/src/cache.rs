@@ -102,7 +102,7 @@ impl Cached {
     /// [`decode_for_cache`](Self::decode_for_cache) without the decoding:
     /// `object` is what `value` decodes to, already without managedFields.
     /// `None` when the JSON cannot be spliced (then decode).
-    fn handed_over(
+    fn from_expected(
         key: String,
         mut object: Value,
         value: &[u8],
@@ -459,14 +459,14 @@ impl WatchCache {
             self.revision.send_replace(revision);
             return;
         };
-        let handed_over = match event.kind {
-            EventKind::Put => self.take_handed_over(&event.kv.key, &event.kv.value),
+        let expected = match event.kind {
+            EventKind::Put => self.take_expected(&event.kv.key, &event.kv.value),
             EventKind::Delete => None,
         }
         .and_then(|object| {
-            Cached::handed_over(event.kv.key.clone(), object, &event.kv.value, revision)
+            Cached::from_expected(event.kv.key.clone(), object, &event.kv.value, revision)
         });
-        let decoded = match handed_over {
+        let decoded = match expected {
             Some(cached) => Ok(cached),
             None => Cached::decode_for_cache(event.kv.key.clone(), &event.kv.value, revision),
         };
@@ -519,11 +519,11 @@ impl WatchCache {
 
     /// Withdraws an [`expect_write`](Self::expect_write) whose write failed.
     pub fn forget(&self, key: &str, value: &Bytes) {
-        self.take_handed_over(key, value);
+        self.take_expected(key, value);
     }
 
     /// The object expected under `key` with exactly the bytes `value`.
-    fn take_handed_over(&self, key: &str, value: &[u8]) -> Option<Value> {
+    fn take_expected(&self, key: &str, value: &[u8]) -> Option<Value> {
         let mut handoff = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
         let pending = handoff.objects.get_mut(key)?;
         let found = pending
@@ -687,33 +687,33 @@ mod tests {
             serde_json::json!({"metadata": {"name": "a", "managedFields": [{"manager": "m"}]}});
         let bytes = Bytes::from(serde_json::to_vec(&object).unwrap());
         cache.expect_write("k", &bytes, &object);
-        assert_eq!(cache.take_handed_over("k", b"{}"), None, "other bytes");
-        assert_eq!(cache.take_handed_over("j", &bytes), None, "another key");
+        assert_eq!(cache.take_expected("k", b"{}"), None, "other bytes");
+        assert_eq!(cache.take_expected("j", &bytes), None, "another key");
         assert_eq!(
-            cache.take_handed_over("k", &bytes),
+            cache.take_expected("k", &bytes),
             Some(serde_json::json!({"metadata": {"name": "a"}}))
         );
-        assert_eq!(cache.take_handed_over("k", &bytes), None, "taken once");
+        assert_eq!(cache.take_expected("k", &bytes), None, "taken once");
 
         cache.expect_write("k", &bytes, &object);
         cache.forget("k", &bytes);
-        assert_eq!(cache.take_handed_over("k", &bytes), None, "forgotten");
+        assert_eq!(cache.take_expected("k", &bytes), None, "forgotten");
         assert!(cache.handoff.lock().unwrap().objects.is_empty());
     }
 
     #[test]
-    fn a_handed_over_object_is_cached_as_if_decoded() {
+    fn an_expected_object_is_cached_as_if_decoded() {
         let stored = br#"{"kind":"Pod","metadata":{"name":"a","managedFields":[{"manager":"m"}],"labels":{"x":"y"}},"spec":{}}"#;
         let written: Value = serde_json::from_slice(stored).unwrap();
         let decoded = Cached::decode_for_cache("k".into(), stored, 9).unwrap();
-        let handed =
-            Cached::handed_over("k".into(), without_managed_fields(&written), stored, 9).unwrap();
-        assert_eq!(handed.object, decoded.object);
+        let taken =
+            Cached::from_expected("k".into(), without_managed_fields(&written), stored, 9).unwrap();
+        assert_eq!(taken.object, decoded.object);
         assert_eq!(
-            serde_json::to_string(&handed.object).unwrap(),
+            serde_json::to_string(&taken.object).unwrap(),
             serde_json::to_string(&decoded.object).unwrap()
         );
-        assert_eq!(handed.json(), decoded.json());
+        assert_eq!(taken.json(), decoded.json());
     }
 
     #[test]
