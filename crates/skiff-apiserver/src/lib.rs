@@ -1,9 +1,9 @@
 //! The Kubernetes REST API served over a [`skiff_store::Store`].
 //!
 //! [`app`] builds the HTTP router (discovery, OpenAPI, health, and one generic
-//! resource endpoint); [`ApiServer`] serves it over TLS and to components in
-//! the same process; [`run`] serves it over TLS with HTTP/1.1 and HTTP/2
-//! (kubectl uses HTTP/2 for requests and HTTP/1.1 for upgrades).
+//! resource endpoint); [`ApiServer`] serves it over TLS with HTTP/1.1 and
+//! HTTP/2 (kubectl uses HTTP/2 for requests and HTTP/1.1 for upgrades) and to
+//! components in the same process.
 
 pub mod admission;
 pub mod auth;
@@ -44,7 +44,7 @@ use crate::cache::WatchCache;
 use crate::error::ApiError;
 use crate::rest::Rest;
 
-/// What [`run`] needs.
+/// What [`ApiServer::start`] needs.
 pub struct ServerOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
@@ -123,14 +123,6 @@ pub async fn start_with(
     bootstrap::ensure_api_service(&rest, advertise).await?;
     tokio::spawn(services::run(rest.clone(), shutdown));
     Ok(rest)
-}
-
-/// Serves the API over TLS until `shutdown` is cancelled.
-pub async fn run(options: ServerOptions, shutdown: CancellationToken) -> Result<(), ServeError> {
-    ApiServer::start(options, shutdown.clone())
-        .await?
-        .serve(shutdown)
-        .await
 }
 
 /// The API server with its REST layer started and its routes built, ready to

@@ -177,7 +177,7 @@ async fn start_kubelet(pki: &Pki) -> (SocketAddr, Arc<Kubelet>) {
 }
 
 /// The API router served over plain TCP (TLS is not what is under test),
-/// with upgrades, as `skiff_apiserver::run` serves it.
+/// with upgrades, as `skiff_apiserver::ApiServer::serve` serves it.
 async fn start_api(pki: &Pki, shutdown: &CancellationToken) -> SocketAddr {
     let store = Arc::new(MemoryStore::new().expect("memory store"));
     let rest = skiff_apiserver::start(

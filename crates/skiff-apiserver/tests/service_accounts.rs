@@ -5,7 +5,7 @@
 //! The shared harness (`tests/common`) serves `skiff_apiserver::app` without
 //! authentication and with the ServiceAccount plugin off (no controller makes
 //! `default` accounts there); this suite composes the server as
-//! `skiff_apiserver::run` does: the plugin on, the issuer attached, and
+//! `skiff_apiserver::ApiServer::start` does: the plugin on, the issuer attached, and
 //! authentication in front. Requests as the cluster admin carry the peer
 //! identity the TLS layer would attach for the admin client certificate.
 

@@ -47,7 +47,7 @@ use crate::strategy;
 /// `--disable-admission-plugins`. [`Default`] has them off: that is what the
 /// in-process API of the tests runs, where no controller makes the
 /// `default` ServiceAccounts (upstream's integration tests likewise disable
-/// `ServiceAccount`); [`crate::run`] turns them on.
+/// `ServiceAccount`); [`crate::ApiServer::start`] turns them on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Plugins {
     /// `ServiceAccount`: default and check the pod's account, mount its
