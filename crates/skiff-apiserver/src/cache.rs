@@ -77,20 +77,18 @@ impl Cached {
         value: &[u8],
         revision: Revision,
     ) -> Result<Cached, serde_json::Error> {
-        let (object, json) = match crate::object::splice_resource_version(value, revision) {
-            Some(json) => {
-                let mut object = trimmed::decode(value)?;
-                crate::object::set_resource_version(&mut object, revision);
-                (object, json)
-            }
-            None => {
-                let mut object: Value = serde_json::from_slice(value)?;
-                crate::object::set_resource_version(&mut object, revision);
-                let json = Bytes::from(serde_json::to_vec(&object)?);
-                crate::object::meta_mut(&mut object).remove("managedFields");
-                (object, json)
-            }
-        };
+        if let Some(json) = crate::object::splice_resource_version(value, revision) {
+            return Ok(Cached::stamped(
+                key,
+                trimmed::decode(value)?,
+                json,
+                revision,
+            ));
+        }
+        let mut object: Value = serde_json::from_slice(value)?;
+        crate::object::set_resource_version(&mut object, revision);
+        let json = Bytes::from(serde_json::to_vec(&object)?);
+        crate::object::meta_mut(&mut object).remove("managedFields");
         Ok(Cached {
             key,
             object,
@@ -104,18 +102,23 @@ impl Cached {
     /// `None` when the JSON cannot be spliced (then decode).
     fn from_expected(
         key: String,
-        mut object: Value,
+        object: Value,
         value: &[u8],
         revision: Revision,
     ) -> Option<Cached> {
         let json = crate::object::splice_resource_version(value, revision)?;
+        Some(Cached::stamped(key, object, json, revision))
+    }
+
+    /// `object` stamped with `revision`, with `json` its spliced encoding.
+    fn stamped(key: String, mut object: Value, json: Bytes, revision: Revision) -> Cached {
         crate::object::set_resource_version(&mut object, revision);
-        Some(Cached {
+        Cached {
             key,
             object,
             json: OnceLock::from(json),
             revision,
-        })
+        }
     }
 
     /// Decodes a stored value to send: the JSON is the stored bytes with the
@@ -287,20 +290,15 @@ pub struct WatchCache {
     store: Arc<dyn Store>,
     types: HashMap<(String, String), TypeCache>,
     revision: watch::Sender<Revision>,
-    handoff: Mutex<Handoff>,
+    /// Objects the REST store is writing, decoded, by key, each with the
+    /// bytes it stores: a Put event carrying exactly those bytes takes the
+    /// object instead of decoding them again.
+    expected: Mutex<HashMap<String, Vec<(Bytes, Value)>>>,
 }
 
-/// Objects the REST store is writing, decoded, by key, each with the bytes
-/// it stores: a Put event carrying exactly those bytes takes the object
-/// instead of decoding them again.
-#[derive(Default)]
-struct Handoff {
-    objects: HashMap<String, Vec<(Bytes, Value)>>,
-}
-
-/// More pending objects than this means their events went elsewhere (a
-/// refill after compaction): start over rather than grow.
-const HANDOFF_LIMIT: usize = 4096;
+/// More keys with expected objects than this means their events went
+/// elsewhere (a refill after compaction): start over rather than grow.
+const EXPECTED_KEYS_LIMIT: usize = 4096;
 
 /// The store key prefix of a type: `/registry/{group or core}/{plural}/`.
 pub fn type_prefix(rt: &'static ResourceType) -> String {
@@ -360,7 +358,7 @@ impl WatchCache {
             store,
             types,
             revision,
-            handoff: Mutex::default(),
+            expected: Mutex::default(),
         });
         let start = cache.fill().await?;
         let follower = cache.clone();
@@ -506,12 +504,11 @@ impl WatchCache {
     /// the write fails.
     pub fn expect_write(&self, key: &str, value: &Bytes, object: &Value) {
         let object = without_managed_fields(object);
-        let mut handoff = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
-        if handoff.objects.len() >= HANDOFF_LIMIT {
-            handoff.objects.clear();
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        if expected.len() >= EXPECTED_KEYS_LIMIT {
+            expected.clear();
         }
-        handoff
-            .objects
+        expected
             .entry(key.to_string())
             .or_default()
             .push((value.clone(), object));
@@ -524,14 +521,14 @@ impl WatchCache {
 
     /// The object expected under `key` with exactly the bytes `value`.
     fn take_expected(&self, key: &str, value: &[u8]) -> Option<Value> {
-        let mut handoff = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = handoff.objects.get_mut(key)?;
+        let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = expected.get_mut(key)?;
         let found = pending
             .iter()
             .position(|(bytes, _)| bytes.as_ref() == value)
             .map(|at| pending.swap_remove(at).1);
         if pending.is_empty() {
-            handoff.objects.remove(key);
+            expected.remove(key);
         }
         found
     }
@@ -698,7 +695,7 @@ mod tests {
         cache.expect_write("k", &bytes, &object);
         cache.forget("k", &bytes);
         assert_eq!(cache.take_expected("k", &bytes), None, "forgotten");
-        assert!(cache.handoff.lock().unwrap().objects.is_empty());
+        assert!(cache.expected.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct RunPolicy {
 
 /// Per-object failure counts, for exponential retry delays.
 #[derive(Debug)]
-pub struct Retries {
+struct Retries {
     base: Duration,
     max: Duration,
     failures: Mutex<HashMap<String, u32>>,
@@ -37,7 +37,7 @@ pub struct Retries {
 
 impl Retries {
     /// Delays from `base`, doubling per failure, capped at `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
+    fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
             max,
@@ -46,7 +46,7 @@ impl Retries {
     }
 
     /// Records a failure of `key`; returns how long to wait before retrying.
-    pub fn failed(&self, key: &str) -> Duration {
+    fn failed(&self, key: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let count = failures.entry(key.to_string()).or_default();
         let delay = self.base.saturating_mul(1 << (*count).min(20));
@@ -55,7 +55,7 @@ impl Retries {
     }
 
     /// Forgets `key`'s failures: its next failure waits `base` again.
-    pub fn succeeded(&self, key: &str) {
+    fn succeeded(&self, key: &str) {
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -374,6 +374,7 @@ mod tests {
     use k8s_openapi::api::core::v1::NodeAddress;
 
     use super::*;
+    use crate::node::host::{FakeHost, HostInfo};
 
     fn condition(type_: &str, status: &str) -> NodeCondition {
         NodeCondition {
@@ -411,7 +412,6 @@ mod tests {
         let unknown = [condition("Ready", "Unknown"), condition("Other", "True")];
         assert_eq!(transition_events(&unknown, &first[3..]), ["NodeReady"]);
     }
-    use crate::node::host::{FakeHost, HostInfo};
 
     fn config() -> NodeConfig {
         NodeConfig {
